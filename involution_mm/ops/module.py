@@ -1,0 +1,84 @@
+"""The involution layer: a kernel-generation branch plus the involution op."""
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+
+from .involution import involution
+
+
+def ceil_avg_pool(x, stride):
+    """AvgPool2d(stride, stride, ceil_mode=True): the last, partial windows of odd sizes
+    average their valid pixels, so the output is ceil(H / stride) x ceil(W / stride).
+
+    Written as a sum over a zero-padded input divided by the count of valid pixels because
+    torch.compile (inductor, torch 2.13) computes wrong gradients for ceil_mode avg_pool2d
+    on odd sizes. Even sizes take the plain pool.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % stride, -w % stride
+    if pad_h == 0 and pad_w == 0:
+        return F.avg_pool2d(x, stride, stride)
+    padding = (0, pad_w, 0, pad_h)
+    sums = F.avg_pool2d(F.pad(x, padding), stride, stride, divisor_override=1)
+    counts = F.avg_pool2d(F.pad(x.new_ones(1, 1, h, w), padding), stride, stride,
+                          divisor_override=1)
+    return sums / counts
+
+
+class Involution(nn.Module):
+    """Involution (Li et al., CVPR 2021) with the official parameter names.
+
+    The per-pixel kernels come from the input itself:
+    ``conv2(conv1(x))`` for stride 1, ``conv2(conv1(AvgPool_s(x)))`` otherwise, where conv1 is
+    a 1x1 ConvModule (channels -> channels / reduction_ratio, with norm and activation) and
+    conv2 a biased 1x1 conv to K*K*G channels, G = channels / group_channels. The state_dict
+    keys (conv1.conv, conv1.bn, conv2.conv) are those of the official checkpoints.
+
+    Args:
+        channels (int): input and output channels.
+        kernel_size (int): odd K. Default 7.
+        stride (int): Default 1. The output is ceil(H / stride) x ceil(W / stride); the
+            branch pools in ceil mode (:func:`ceil_avg_pool`) so odd sizes give kernels of
+            that size too.
+        dilation (int): Default 1.
+        reduction_ratio (int): Default 4.
+        group_channels (int): channels sharing one kernel. Default 16.
+        norm_cfg (dict): norm of conv1, e.g. dict(type='SyncBN'). Default BN.
+        act_cfg (dict): activation of conv1. Default ReLU.
+    """
+
+    def __init__(self, channels, kernel_size=7, stride=1, dilation=1, reduction_ratio=4,
+                 group_channels=16, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU')):
+        super().__init__()
+        for name, value in (('channels', channels), ('kernel_size', kernel_size),
+                            ('stride', stride), ('dilation', dilation),
+                            ('reduction_ratio', reduction_ratio),
+                            ('group_channels', group_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'Involution: {name} must be a positive int, got {value!r}')
+        if kernel_size % 2 == 0:
+            raise ValueError(f'Involution: kernel_size must be odd, got {kernel_size}')
+        if channels % group_channels != 0:
+            raise ValueError(f'Involution: channels={channels} is not divisible by '
+                             f'group_channels={group_channels}')
+        if channels // reduction_ratio < 1:
+            raise ValueError(f'Involution: reduction_ratio={reduction_ratio} leaves no '
+                             f'channels of {channels} in the kernel branch')
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+        self.groups = channels // group_channels
+        self.conv1 = ConvModule(channels, channels // reduction_ratio, 1, norm_cfg=norm_cfg,
+                                act_cfg=act_cfg)
+        self.conv2 = ConvModule(channels // reduction_ratio, kernel_size * kernel_size * self.groups,
+                                1, norm_cfg=None, act_cfg=None)
+
+    def forward(self, x):
+        branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
+        weight = self.conv2(self.conv1(branch_in))
+        return involution(x, weight, self.kernel_size, self.stride, self.dilation)
+
+    def extra_repr(self):
+        return (f'channels={self.channels}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}')

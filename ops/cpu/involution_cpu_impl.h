@@ -1,0 +1,667 @@
+// The CPU kernels of involution. This header is compiled once per instruction set by
+// involution_cpu_{default,avx2,avx512}.cpp, which define CPU_CAPABILITY first (as ATen's
+// kernels do), so at::vec::Vectorized is 1, 8 or 16 floats wide; involution_cpu.cpp picks
+// one at run time.
+//
+// Layout of the work: tasks are (batch, group, block of rows); each task copies the rows
+// it reads into a small zero-padded panel in the accumulation type (float for half/bfloat16),
+// so the inner loops have no bounds checks and vectorise along W. Panels are split into
+// `stride` phases (column q*stride + ph stored at [ph][q]), which makes strided reads
+// contiguous too. Every output element is written by exactly one task: no atomics, and
+// results do not depend on the number of threads.
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY (DEFAULT, AVX2 or AVX512) before including involution_cpu_impl.h"
+#endif
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "involution_cpu_kernels.h"
+
+namespace involution_mm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+// Register blocks (arrays of Vec indexed by compile-time loops) stay in registers only when
+// those loops are unrolled completely.
+#if defined(__clang__)
+#define INVOLUTION_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define INVOLUTION_UNROLL _Pragma("GCC unroll 16")
+#else
+#define INVOLUTION_UNROLL
+#endif
+
+// Calls body(j, n) over [0, len) in vector-sized pieces; n < Vec::size() only for the tail.
+template <typename acc_t, typename Body>
+inline void for_each_vector(int64_t len, const Body& body) {
+  constexpr int64_t vs = Vec<acc_t>::size();
+  int64_t j = 0;
+  for (; j + vs <= len; j += vs) body(j, vs);
+  if (j < len) body(j, len - j);
+}
+
+template <typename acc_t>
+inline Vec<acc_t> load(const acc_t* p, int64_t n) {
+  return n == Vec<acc_t>::size() ? Vec<acc_t>::loadu(p) : Vec<acc_t>::loadu(p, n);
+}
+
+// Rows per task: big enough to amortise the panel halo, small enough to give every thread
+// several tasks.
+inline int64_t rows_per_task(int64_t rows, int64_t batch_groups) {
+  const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+  const int64_t blocks = std::max<int64_t>(1, (want_tasks + batch_groups - 1) / batch_groups);
+  return std::clamp<int64_t>((rows + blocks - 1) / blocks, 1, 16);
+}
+
+// dst[e] = src[e] for e < n, converting to acc_t (a memcpy when the types agree).
+template <typename scalar_t, typename acc_t>
+inline void convert_copy(const scalar_t* src, acc_t* dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::copy(src, src + n, dst);
+  } else {
+    for (int64_t e = 0; e < n; ++e) dst[e] = static_cast<acc_t>(src[e]);
+  }
+}
+
+// panel[(pr * s + ph) * Q + q] = x[r0 + pr, q * s + ph - pad], zero outside the image.
+template <typename scalar_t, typename acc_t>
+void fill_input_panel(acc_t* panel, const scalar_t* x_c, int64_t stride_h, int64_t stride_w,
+                      int64_t H, int64_t W, int64_t r0, int64_t rows, int64_t s, int64_t Q,
+                      int64_t pad) {
+  for (int64_t pr = 0; pr < rows; ++pr) {
+    const int64_t r = r0 + pr;
+    acc_t* dst_row = panel + pr * s * Q;
+    if (r < 0 || r >= H) {
+      std::fill(dst_row, dst_row + s * Q, acc_t(0));
+      continue;
+    }
+    const scalar_t* src = x_c + r * stride_h;
+    for (int64_t ph = 0; ph < s; ++ph) {
+      acc_t* dst = dst_row + ph * Q;
+      const int64_t q_lo = std::clamp<int64_t>(ceil_div(pad - ph, s), 0, Q);
+      const int64_t q_hi = std::clamp<int64_t>(ceil_div(W + pad - ph, s), q_lo, Q);
+      std::fill(dst, dst + q_lo, acc_t(0));
+      const scalar_t* src_q = src + (q_lo * s + ph - pad) * stride_w;
+      const int64_t step = s * stride_w;
+      if (step == 1) {
+        convert_copy(src_q, dst + q_lo, q_hi - q_lo);
+      } else {
+        for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = static_cast<acc_t>(src_q[(q - q_lo) * step]);
+      }
+      std::fill(dst + q_hi, dst + Q, acc_t(0));
+    }
+  }
+}
+
+// dst[j * stride] = src[j] for j < n, converting to scalar_t.
+template <typename scalar_t, typename acc_t>
+inline void store_row(scalar_t* dst, int64_t stride, const acc_t* src, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (stride == 1) {
+      std::copy(src, src + n, dst);
+      return;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) dst[j * stride] = static_cast<scalar_t>(src[j]);
+}
+
+// Per kernel column v: the panel phase and the offset in that phase of x[.., j*s - p + v*d].
+struct ColumnTaps {
+  std::vector<int64_t> phase, offset;
+  ColumnTaps(int64_t K, int64_t s, int64_t d) : phase(K), offset(K) {
+    for (int64_t v = 0; v < K; ++v) {
+      phase[v] = (v * d) % s;
+      offset[v] = (v * d) / s;
+    }
+  }
+};
+
+// Channels of one group computed together: each weight vector is loaded once and used for
+// kBlock channels, whose accumulators stay in registers (32 vector registers with AVX-512,
+// 16 otherwise).
+constexpr int64_t kMaxChannelBlock = Vec<float>::size() >= 16 ? 16 : 8;
+
+template <int64_t N>
+using BlockSize = std::integral_constant<int64_t, N>;
+
+// Calls fn(c0, BlockSize<NC>) over [0, channels) in blocks of 16/8/4/2/1 channels.
+template <typename Fn>
+inline void for_each_channel_block(int64_t channels, const Fn& fn) {
+  int64_t c0 = 0;
+  auto run = [&](auto block) {
+    for (; channels - c0 >= decltype(block)::value; c0 += decltype(block)::value) fn(c0, block);
+  };
+  if constexpr (kMaxChannelBlock >= 16) run(BlockSize<16>{});
+  run(BlockSize<8>{});
+  run(BlockSize<4>{});
+  run(BlockSize<2>{});
+  run(BlockSize<1>{});
+}
+
+// out[b, c, i, j] = sum_{u,v} w[b, g, u, v, i, j] * x[b, c, i*s - p + u*d, j*s - p + v*d]
+template <typename scalar_t>
+void forward_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
+                  const scalar_t* w, scalar_t* out, const Strides4& os) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk(), CG = sh.channels_per_group();
+  const int64_t Q = Wo + ((K - 1) * d) / s;
+  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
+  const int64_t blocks = (Ho + rb - 1) / rb;
+  const int64_t panel_size = ((rb - 1) * s + (K - 1) * d + 1) * s * Q;
+  const ColumnTaps taps(K, s, d);
+
+  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> panels(kMaxChannelBlock * panel_size);
+    std::vector<acc_t> weight_rows(KK * rb * Wo);
+    std::vector<acc_t> out_rows(kMaxChannelBlock * Wo);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
+      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      // The task's weight rows, copied as K*K sequential pieces: read in place, the inner
+      // loop would walk K*K rows Ho*Wo apart, more streams than the prefetcher follows.
+      const scalar_t* w_bg = w + bg * KK * Ho * Wo;
+      const int64_t uv_stride = rows * Wo;
+      for (int64_t uv = 0; uv < KK; ++uv)
+        convert_copy(w_bg + (uv * Ho + i0) * Wo, weight_rows.data() + uv * uv_stride, uv_stride);
+      const acc_t* w_rows = weight_rows.data();
+      const int64_t panel_rows = (rows - 1) * s + (K - 1) * d + 1;
+      for_each_channel_block(CG, [&](int64_t c0, auto block) {
+        constexpr int64_t NC = decltype(block)::value;
+        const int64_t c_first = g * CG + c0;
+        INVOLUTION_UNROLL
+        for (int64_t cc = 0; cc < NC; ++cc)
+          fill_input_panel(panels.data() + cc * panel_size, x + b * xs.b + (c_first + cc) * xs.c,
+                           xs.h, xs.w, sh.H, sh.W, i0 * s - p, panel_rows, s, Q, p);
+        for (int64_t i = 0; i < rows; ++i) {
+          for_each_vector<acc_t>(Wo, [&](int64_t j, int64_t n) {
+            Vec<acc_t> acc[NC];
+            INVOLUTION_UNROLL
+            for (int64_t cc = 0; cc < NC; ++cc) acc[cc] = Vec<acc_t>(acc_t(0));
+            for (int64_t u = 0; u < K; ++u) {
+              const acc_t* x_u = panels.data() + (i * s + u * d) * s * Q + j;
+              const acc_t* w_u = w_rows + u * K * uv_stride + i * Wo + j;
+              for (int64_t v = 0; v < K; ++v) {
+                const Vec<acc_t> wv = load(w_u + v * uv_stride, n);
+                const acc_t* x_uv = x_u + taps.phase[v] * Q + taps.offset[v];
+                INVOLUTION_UNROLL
+                for (int64_t cc = 0; cc < NC; ++cc)
+                  acc[cc] = at::vec::fmadd(wv, load(x_uv + cc * panel_size, n), acc[cc]);
+              }
+            }
+            INVOLUTION_UNROLL
+            for (int64_t cc = 0; cc < NC; ++cc) acc[cc].store(out_rows.data() + cc * Wo + j, n);
+          });
+          INVOLUTION_UNROLL
+          for (int64_t cc = 0; cc < NC; ++cc)
+            store_row(out + b * os.b + (c_first + cc) * os.c + (i0 + i) * os.h, os.w,
+                      out_rows.data() + cc * Wo, Wo);
+        }
+      });
+    }
+  });
+}
+
+// grad_w[b, g, u, v, i, j] = sum_{c in g} grad_out[b, c, i, j] * x[b, c, i*s - p + u*d, j*s - p + v*d]
+template <typename scalar_t>
+void grad_weight_impl(const InvolutionShape& sh, const scalar_t* go, const Strides4& gs,
+                      const scalar_t* x, const Strides4& xs, scalar_t* gw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk(), CG = sh.channels_per_group();
+  const int64_t Q = Wo + ((K - 1) * d) / s;
+  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
+  const int64_t blocks = (Ho + rb - 1) / rb;
+  const int64_t panel_size = ((rb - 1) * s + (K - 1) * d + 1) * s * Q;
+  const ColumnTaps taps(K, s, d);
+
+  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> panels(kMaxChannelBlock * panel_size);
+    std::vector<acc_t> go_rows(kMaxChannelBlock * rb * Wo);
+    std::vector<acc_t> gw_rows(KK * rb * Wo);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
+      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      const int64_t panel_rows = (rows - 1) * s + (K - 1) * d + 1;
+      // Accumulated in a task-local block, written out as K*K sequential pieces (see forward).
+      acc_t* gw_out = gw_rows.data();
+      const int64_t uv_stride = rows * Wo;
+      for_each_channel_block(CG, [&](int64_t c0, auto block) {
+        constexpr int64_t NC = decltype(block)::value;
+        const bool first_block = c0 == 0;
+        INVOLUTION_UNROLL
+        for (int64_t cc = 0; cc < NC; ++cc) {
+          const int64_t c = g * CG + c0 + cc;
+          fill_input_panel(panels.data() + cc * panel_size, x + b * xs.b + c * xs.c, xs.h, xs.w,
+                           sh.H, sh.W, i0 * s - p, panel_rows, s, Q, p);
+          const scalar_t* go_c = go + b * gs.b + c * gs.c;
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t j = 0; j < Wo; ++j)
+              go_rows[(cc * rb + i) * Wo + j] = static_cast<acc_t>(go_c[(i0 + i) * gs.h + j * gs.w]);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          for_each_vector<acc_t>(Wo, [&](int64_t j, int64_t n) {
+            Vec<acc_t> gov[NC];
+            INVOLUTION_UNROLL
+            for (int64_t cc = 0; cc < NC; ++cc) gov[cc] = load(go_rows.data() + (cc * rb + i) * Wo + j, n);
+            for (int64_t u = 0; u < K; ++u) {
+              const acc_t* x_u = panels.data() + (i * s + u * d) * s * Q + j;
+              acc_t* dst_u = gw_out + u * K * uv_stride + i * Wo + j;
+              for (int64_t v = 0; v < K; ++v) {
+                acc_t* dst = dst_u + v * uv_stride;
+                const acc_t* x_uv = x_u + taps.phase[v] * Q + taps.offset[v];
+                Vec<acc_t> acc = first_block ? Vec<acc_t>(acc_t(0)) : load(dst, n);
+                INVOLUTION_UNROLL
+                for (int64_t cc = 0; cc < NC; ++cc)
+                  acc = at::vec::fmadd(gov[cc], load(x_uv + cc * panel_size, n), acc);
+                acc.store(dst, n);
+              }
+            }
+          });
+        }
+      });
+      scalar_t* gw_bg = gw + bg * KK * Ho * Wo;
+      for (int64_t uv = 0; uv < KK; ++uv)
+        store_row(gw_bg + (uv * Ho + i0) * Wo, 1, gw_out + uv * uv_stride, uv_stride);
+    }
+  });
+}
+
+// Which (u, v, i, j) feed an input pixel in grad_input. Rows: h = i*s - p + u*d, so row h reads
+// the output rows i = (h + p - u*d) / s that divide exactly. Columns by phase phi = w % s: for
+// w = m*s + phi the tap v reads j = m + jofs with jofs = (phi + p - v*d) / s when exact, so j
+// is contiguous in m. Panels indexed by j cover [j_lo, j_hi], zero outside [0, Wo).
+struct InputTaps {
+  struct Tap {
+    int64_t v, jofs;
+  };
+  const InvolutionShape& sh;
+  std::vector<std::vector<Tap>> by_phase;
+  std::vector<int64_t> phase_len;
+  int64_t j_lo = 0, j_hi;
+
+  explicit InputTaps(const InvolutionShape& shape)
+      : sh(shape), by_phase(shape.stride), phase_len(shape.stride), j_hi(shape.Wo - 1) {
+    const int64_t s = sh.stride;
+    for (int64_t phi = 0; phi < s; ++phi) {
+      phase_len[phi] = std::max<int64_t>(0, ceil_div(sh.W - phi, s));
+      for (int64_t v = 0; v < sh.K; ++v) {
+        const int64_t t = phi + sh.padding - v * sh.dilation;
+        if (t - floor_div(t, s) * s != 0) continue;
+        const int64_t jofs = floor_div(t, s);
+        by_phase[phi].push_back({v, jofs});
+        j_lo = std::min(j_lo, jofs);
+        j_hi = std::max(j_hi, jofs + phase_len[phi] - 1);
+      }
+    }
+  }
+
+  // (u, panel row) pairs of the output rows that input row h reads.
+  void rows_of(int64_t h, int64_t i_lo, std::vector<std::pair<int64_t, int64_t>>& out) const {
+    out.clear();
+    for (int64_t u = 0; u < sh.K; ++u) {
+      const int64_t t = h + sh.padding - u * sh.dilation;
+      if (t < 0 || t % sh.stride != 0 || t / sh.stride >= sh.Ho) continue;
+      out.emplace_back(u, t / sh.stride - i_lo);
+    }
+  }
+
+  // panel[(uv * n_i + ii) * row_len + j - j_lo] = w[uv, i_lo + ii, j], zero-padded.
+  template <typename scalar_t, typename acc_t>
+  void fill_weight_panel(acc_t* panel, const scalar_t* w_bg, int64_t i_lo, int64_t n_i) const {
+    const int64_t row_len = j_hi - j_lo + 1;
+    for (int64_t uv = 0; uv < sh.kk(); ++uv)
+      for (int64_t ii = 0; ii < n_i; ++ii) {
+        acc_t* dst = panel + (uv * n_i + ii) * row_len;
+        std::fill(dst, dst + row_len, acc_t(0));
+        convert_copy(w_bg + (uv * sh.Ho + i_lo + ii) * sh.Wo, dst - j_lo, sh.Wo);
+      }
+  }
+};
+
+// grad_x[b, c, h, w] = sum over the (u, v, i, j) with h = i*s - p + u*d, w = j*s - p + v*d of
+// w[b, g, u, v, i, j] * grad_out[b, c, i, j]: a gather (InputTaps), one task per block of
+// input rows.
+template <typename scalar_t>
+void grad_input_impl(const InvolutionShape& sh, const scalar_t* go, const Strides4& gs,
+                     const scalar_t* w, scalar_t* gx, const Strides4& gxs) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
+  const int64_t CG = sh.channels_per_group();
+
+  const InputTaps taps(sh);
+  const int64_t j_lo = taps.j_lo, row_len = taps.j_hi - taps.j_lo + 1;
+
+  const int64_t hb = rows_per_task(H, sh.B * sh.G);
+  const int64_t blocks = (H + hb - 1) / hb;
+  const int64_t max_i_rows = ((hb - 1) + (K - 1) * d) / s + 2;
+  const int64_t go_panel_size = max_i_rows * row_len;
+
+  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> w_panel(KK * max_i_rows * row_len);
+    std::vector<acc_t> go_panels(kMaxChannelBlock * go_panel_size);
+    std::vector<acc_t> gx_rows(kMaxChannelBlock * W), phase_rows(s > 1 ? kMaxChannelBlock * W : 0);
+    std::vector<std::pair<int64_t, int64_t>> rows_u;  // (u, panel row) of the taps of row h
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
+      const int64_t h0 = (task % blocks) * hb, h1 = std::min(H, h0 + hb);
+      const int64_t i_lo = std::max<int64_t>(0, ceil_div(h0 + p - (K - 1) * d, s));
+      const int64_t i_hi = std::min<int64_t>(Ho - 1, floor_div(h1 - 1 + p, s));
+      const int64_t n_i = std::max<int64_t>(0, i_hi - i_lo + 1);
+      taps.fill_weight_panel(w_panel.data(), w + bg * KK * Ho * Wo, i_lo, n_i);
+      for_each_channel_block(CG, [&](int64_t c0, auto block) {
+        constexpr int64_t NC = decltype(block)::value;
+        const int64_t c_first = g * CG + c0;
+        INVOLUTION_UNROLL
+        for (int64_t cc = 0; cc < NC; ++cc) {
+          const scalar_t* go_c = go + b * gs.b + (c_first + cc) * gs.c;
+          for (int64_t ii = 0; ii < n_i; ++ii) {
+            const scalar_t* src = go_c + (i_lo + ii) * gs.h;
+            acc_t* dst = go_panels.data() + cc * go_panel_size + ii * row_len;
+            std::fill(dst, dst + row_len, acc_t(0));
+            for (int64_t j = 0; j < Wo; ++j) dst[j - j_lo] = static_cast<acc_t>(src[j * gs.w]);
+          }
+        }
+        for (int64_t h = h0; h < h1; ++h) {
+          taps.rows_of(h, i_lo, rows_u);
+          for (int64_t phi = 0; phi < s; ++phi) {
+            acc_t* dst = s == 1 ? gx_rows.data() : phase_rows.data();
+            for_each_vector<acc_t>(taps.phase_len[phi], [&](int64_t m, int64_t n) {
+              Vec<acc_t> acc[NC];
+              INVOLUTION_UNROLL
+              for (int64_t cc = 0; cc < NC; ++cc) acc[cc] = Vec<acc_t>(acc_t(0));
+              for (const auto& [u, ii] : rows_u) {
+                const acc_t* go_r = go_panels.data() + ii * row_len - j_lo + m;
+                const acc_t* w_r = w_panel.data() + (u * K * n_i + ii) * row_len - j_lo + m;
+                for (const auto& tap : taps.by_phase[phi]) {
+                  const Vec<acc_t> wv = load(w_r + tap.v * n_i * row_len + tap.jofs, n);
+                  INVOLUTION_UNROLL
+                  for (int64_t cc = 0; cc < NC; ++cc)
+                    acc[cc] = at::vec::fmadd(wv, load(go_r + cc * go_panel_size + tap.jofs, n),
+                                             acc[cc]);
+                }
+              }
+              INVOLUTION_UNROLL
+              for (int64_t cc = 0; cc < NC; ++cc) acc[cc].store(dst + cc * W + m, n);
+            });
+            if (s > 1)
+              INVOLUTION_UNROLL
+              for (int64_t cc = 0; cc < NC; ++cc)
+                for (int64_t m = 0; m < taps.phase_len[phi]; ++m)
+                  gx_rows[cc * W + m * s + phi] = phase_rows[cc * W + m];
+          }
+          INVOLUTION_UNROLL
+          for (int64_t cc = 0; cc < NC; ++cc)
+            store_row(gx + b * gxs.b + (c_first + cc) * gxs.c + h * gxs.h, gxs.w,
+                      gx_rows.data() + cc * W, W);
+        }
+      });
+    }
+  });
+}
+
+// ---- Channel-vectorised kernels -------------------------------------------------------
+// When the channels of a group fill whole vectors (C/G a multiple of the vector width, e.g.
+// 16 with AVX-512), the group's channels of one pixel form aligned vectors and the pixel's
+// kernel value is one broadcast: one weight serves a whole vector, and no load straddles
+// the shifted windows of the taps. The panels hold the rows in pixel-major order
+// ([row][column][channel]); outputs are accumulated per pixel and transposed back.
+
+// Output pixels per register block: R pixels x NV vectors of accumulators stay in registers.
+template <int64_t NV>
+constexpr int64_t pixel_block() {
+  return kMaxChannelBlock >= 16 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 6 : 3);
+}
+
+// panel[(pr * Wp + pc) * CG + cg] = x[c0 + cg, r0 + pr, pc - pad], zero outside the image.
+template <typename scalar_t, typename acc_t>
+void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, int64_t CG,
+                      int64_t H, int64_t W, int64_t r0, int64_t rows, int64_t Wp, int64_t pad) {
+  for (int64_t pr = 0; pr < rows; ++pr) {
+    const int64_t r = r0 + pr;
+    acc_t* dst = panel + pr * Wp * CG;
+    if (r < 0 || r >= H) {
+      std::fill(dst, dst + Wp * CG, acc_t(0));
+      continue;
+    }
+    const int64_t pc_lo = std::clamp<int64_t>(pad, 0, Wp), pc_hi = std::clamp<int64_t>(W + pad, pc_lo, Wp);
+    std::fill(dst, dst + pc_lo * CG, acc_t(0));
+    std::fill(dst + pc_hi * CG, dst + Wp * CG, acc_t(0));
+    for (int64_t cg = 0; cg < CG; ++cg) {
+      const scalar_t* src = x_c0 + cg * xs.c + r * xs.h + (pc_lo - pad) * xs.w;
+      for (int64_t pc = pc_lo; pc < pc_hi; ++pc) dst[pc * CG + cg] = static_cast<acc_t>(src[(pc - pc_lo) * xs.w]);
+    }
+  }
+}
+
+// out[c0 + cg, (row), j * stride] = pixels[j * CG + cg] for j < n: the transpose back.
+template <typename scalar_t, typename acc_t>
+inline void store_pixel_row(scalar_t* out_c0_row, const Strides4& os, const acc_t* pixels,
+                            int64_t CG, int64_t n) {
+  for (int64_t cg = 0; cg < CG; ++cg) {
+    scalar_t* dst = out_c0_row + cg * os.c;
+    for (int64_t j = 0; j < n; ++j) dst[j * os.w] = static_cast<scalar_t>(pixels[j * CG + cg]);
+  }
+}
+
+template <typename scalar_t, int64_t NV>
+void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
+                     const scalar_t* w, scalar_t* out, const Strides4& os) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS, R = pixel_block<NV>();
+  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
+  const int64_t Wp = (Wo - 1) * s + (K - 1) * d + 1;
+  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
+  const int64_t blocks = (Ho + rb - 1) / rb;
+  const int64_t max_panel_rows = (rb - 1) * s + (K - 1) * d + 1;
+
+  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> panel(max_panel_rows * Wp * CG);
+    std::vector<acc_t> weight_rows(KK * rb * Wo);
+    std::vector<acc_t> pixels(Wo * CG);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
+      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      const int64_t uv_stride = rows * Wo;
+      const scalar_t* w_bg = w + bg * KK * Ho * Wo;
+      for (int64_t uv = 0; uv < KK; ++uv)
+        convert_copy(w_bg + (uv * Ho + i0) * Wo, weight_rows.data() + uv * uv_stride, uv_stride);
+      fill_pixel_panel(panel.data(), x + b * xs.b + g * CG * xs.c, xs, CG, sh.H, sh.W, i0 * s - p,
+                       (rows - 1) * s + (K - 1) * d + 1, Wp, p);
+      for (int64_t i = 0; i < rows; ++i) {
+        // acc[r][nv] += w[u, v, i, j + r] * panel[i*s + u*d, (j + r)*s + v*d, nv-th vector]
+        auto block = [&](int64_t j, auto pixels_in_block) {
+          constexpr int64_t RB = decltype(pixels_in_block)::value;
+          Vec<acc_t> acc[RB][NV];
+          INVOLUTION_UNROLL
+          for (int64_t r = 0; r < RB; ++r)
+            INVOLUTION_UNROLL
+            for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv] = Vec<acc_t>(acc_t(0));
+          for (int64_t u = 0; u < K; ++u) {
+            const acc_t* x_u = panel.data() + ((i * s + u * d) * Wp + j * s) * CG;
+            const acc_t* w_u = weight_rows.data() + u * K * uv_stride + i * Wo + j;
+            for (int64_t v = 0; v < K; ++v) {
+              const acc_t* x_uv = x_u + v * d * CG;
+              const acc_t* w_uv = w_u + v * uv_stride;
+              INVOLUTION_UNROLL
+              for (int64_t r = 0; r < RB; ++r) {
+                const Vec<acc_t> wv(w_uv[r]);
+                INVOLUTION_UNROLL
+                for (int64_t nv = 0; nv < NV; ++nv)
+                  acc[r][nv] = at::vec::fmadd(wv, Vec<acc_t>::loadu(x_uv + r * s * CG + nv * VS),
+                                              acc[r][nv]);
+              }
+            }
+          }
+          INVOLUTION_UNROLL
+          for (int64_t r = 0; r < RB; ++r)
+            INVOLUTION_UNROLL
+            for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv].store(pixels.data() + (j + r) * CG + nv * VS);
+        };
+        int64_t j = 0;
+        for (; j + R <= Wo; j += R) block(j, BlockSize<R>{});
+        for (; j < Wo; ++j) block(j, BlockSize<1>{});
+        store_pixel_row(out + b * os.b + g * CG * os.c + (i0 + i) * os.h, os, pixels.data(), CG, Wo);
+      }
+    }
+  });
+}
+
+// grad_input with pixel-major panels; same tap bookkeeping as grad_input_impl.
+template <typename scalar_t, int64_t NV>
+void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Strides4& gs,
+                        const scalar_t* w, scalar_t* gx, const Strides4& gxs) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS, R = pixel_block<NV>();
+  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
+  const InputTaps taps(sh);
+  const int64_t row_len = taps.j_hi - taps.j_lo + 1;
+  const int64_t hb = rows_per_task(H, sh.B * sh.G);
+  const int64_t blocks = (H + hb - 1) / hb;
+  const int64_t max_i_rows = ((hb - 1) + (K - 1) * d) / s + 2;
+
+  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> w_panel(KK * max_i_rows * row_len);
+    std::vector<acc_t> go_panel(max_i_rows * row_len * CG);
+    std::vector<acc_t> pixels(W * CG);
+    std::vector<std::pair<int64_t, int64_t>> rows_u;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
+      const int64_t h0 = (task % blocks) * hb, h1 = std::min(H, h0 + hb);
+      const int64_t i_lo = std::max<int64_t>(0, ceil_div(h0 + p - (K - 1) * d, s));
+      const int64_t i_hi = std::min<int64_t>(Ho - 1, floor_div(h1 - 1 + p, s));
+      const int64_t n_i = std::max<int64_t>(0, i_hi - i_lo + 1);
+      taps.fill_weight_panel(w_panel.data(), w + bg * KK * Ho * Wo, i_lo, n_i);
+      // go_panel[(ii * row_len + j - j_lo) * CG + cg] = grad_out[c0 + cg, i_lo + ii, j]
+      fill_pixel_panel(go_panel.data(), go + b * gs.b + g * CG * gs.c, gs, CG, Ho, Wo, i_lo, n_i,
+                       row_len, -taps.j_lo);
+      for (int64_t h = h0; h < h1; ++h) {
+        taps.rows_of(h, i_lo, rows_u);
+        for (int64_t phi = 0; phi < s; ++phi) {
+          auto block = [&](int64_t m, auto pixels_in_block) {
+            constexpr int64_t RB = decltype(pixels_in_block)::value;
+            Vec<acc_t> acc[RB][NV];
+            INVOLUTION_UNROLL
+            for (int64_t r = 0; r < RB; ++r)
+              INVOLUTION_UNROLL
+              for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv] = Vec<acc_t>(acc_t(0));
+            for (const auto& [u, ii] : rows_u) {
+              const acc_t* go_r = go_panel.data() + (ii * row_len - taps.j_lo + m) * CG;
+              const acc_t* w_r = w_panel.data() + (u * K * n_i + ii) * row_len - taps.j_lo + m;
+              for (const auto& tap : taps.by_phase[phi]) {
+                const acc_t* w_t = w_r + tap.v * n_i * row_len + tap.jofs;
+                const acc_t* go_t = go_r + tap.jofs * CG;
+                INVOLUTION_UNROLL
+                for (int64_t r = 0; r < RB; ++r) {
+                  const Vec<acc_t> wv(w_t[r]);
+                  INVOLUTION_UNROLL
+                  for (int64_t nv = 0; nv < NV; ++nv)
+                    acc[r][nv] = at::vec::fmadd(wv, Vec<acc_t>::loadu(go_t + r * CG + nv * VS),
+                                                acc[r][nv]);
+                }
+              }
+            }
+            INVOLUTION_UNROLL
+            for (int64_t r = 0; r < RB; ++r)
+              INVOLUTION_UNROLL
+              for (int64_t nv = 0; nv < NV; ++nv)
+                acc[r][nv].store(pixels.data() + ((m + r) * s + phi) * CG + nv * VS);
+          };
+          const int64_t len = taps.phase_len[phi];
+          int64_t m = 0;
+          for (; m + R <= len; m += R) block(m, BlockSize<R>{});
+          for (; m < len; ++m) block(m, BlockSize<1>{});
+        }
+        store_pixel_row(gx + b * gxs.b + g * CG * gxs.c + h * gxs.h, gxs, pixels.data(), CG, W);
+      }
+    }
+  });
+}
+
+// Runs the channel-vectorised kernel when C/G is 1 or 2 vectors, else the general one.
+template <typename acc_t, typename CV1, typename CV2, typename General>
+inline void choose_kernel(int64_t channels_per_group, const CV1& cv1, const CV2& cv2,
+                          const General& general) {
+  constexpr int64_t VS = Vec<acc_t>::size();
+  if (channels_per_group == VS) return cv1();
+  if (channels_per_group == 2 * VS) return cv2();
+  general();
+}
+
+template <typename Fn>
+void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return fn(float{});
+    case c10::ScalarType::Double: return fn(double{});
+    case c10::ScalarType::Half: return fn(c10::Half{});
+    case c10::ScalarType::BFloat16: return fn(c10::BFloat16{});
+    default: TORCH_CHECK(false, "involution: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* input,
+             const Strides4& input_strides, const void* weight, void* output,
+             const Strides4& output_strides) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(input), input_strides,
+                                      static_cast<const scalar_t*>(weight),
+                                      static_cast<scalar_t*>(output), output_strides);
+    choose_kernel<at::opmath_type<scalar_t>>(
+        shape.channels_per_group(), [&] { std::apply(forward_cv_impl<scalar_t, 1>, args); },
+        [&] { std::apply(forward_cv_impl<scalar_t, 2>, args); },
+        [&] { std::apply(forward_impl<scalar_t>, args); });
+  });
+}
+
+void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void* grad_output,
+                const Strides4& grad_output_strides, const void* weight, void* grad_input,
+                const Strides4& grad_input_strides) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(grad_output),
+                                      grad_output_strides, static_cast<const scalar_t*>(weight),
+                                      static_cast<scalar_t*>(grad_input), grad_input_strides);
+    choose_kernel<at::opmath_type<scalar_t>>(
+        shape.channels_per_group(), [&] { std::apply(grad_input_cv_impl<scalar_t, 1>, args); },
+        [&] { std::apply(grad_input_cv_impl<scalar_t, 2>, args); },
+        [&] { std::apply(grad_input_impl<scalar_t>, args); });
+  });
+}
+
+void grad_weight(const InvolutionShape& shape, c10::ScalarType dtype, const void* grad_output,
+                 const Strides4& grad_output_strides, const void* input,
+                 const Strides4& input_strides, void* grad_weight) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    grad_weight_impl<scalar_t>(shape, static_cast<const scalar_t*>(grad_output),
+                               grad_output_strides, static_cast<const scalar_t*>(input),
+                               input_strides, static_cast<scalar_t*>(grad_weight));
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace involution_mm

@@ -1,0 +1,39 @@
+// Entry points of the CPU kernels, compiled once per instruction set (see involution_cpu_impl.h).
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+
+#include "../common/involution_shape.h"
+
+namespace involution_mm {
+namespace cpu {
+
+// Element strides of a 4-d (B, C, H, W) tensor; any memory format.
+struct Strides4 {
+  int64_t b, c, h, w;
+};
+
+// weight and grad_weight are contiguous (B, G, K, K, Ho, Wo); everything else is strided.
+#define INVOLUTION_DECLARE_CPU_KERNELS(CAP)                                                     \
+  namespace CAP {                                                                               \
+  void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* input,          \
+               const Strides4& input_strides, const void* weight, void* output,                 \
+               const Strides4& output_strides);                                                 \
+  void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void* grad_output, \
+                  const Strides4& grad_output_strides, const void* weight, void* grad_input,    \
+                  const Strides4& grad_input_strides);                                          \
+  void grad_weight(const InvolutionShape& shape, c10::ScalarType dtype,                         \
+                   const void* grad_output, const Strides4& grad_output_strides,                \
+                   const void* input, const Strides4& input_strides, void* grad_weight);        \
+  }
+
+INVOLUTION_DECLARE_CPU_KERNELS(DEFAULT)
+INVOLUTION_DECLARE_CPU_KERNELS(AVX2)
+INVOLUTION_DECLARE_CPU_KERNELS(AVX512)
+
+#undef INVOLUTION_DECLARE_CPU_KERNELS
+
+}  // namespace cpu
+}  // namespace involution_mm

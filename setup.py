@@ -1,0 +1,67 @@
+"""Installs involution_mm and builds its C++ (and, with a CUDA torch, CUDA) extension.
+
+Build with torch already installed and no build isolation, so that pip never fetches
+another torch:  pip install -e . --no-build-isolation
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,
+                                           CUDAExtension)
+except ImportError as err:
+    raise SystemExit(
+        'involution_mm builds its extension against the installed torch, which was not found '
+        f'({err}). Install torch first, then: pip install -e . --no-build-isolation') from err
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version():
+    scope = {}
+    with open(os.path.join(ROOT, 'involution_mm', 'version.py')) as f:
+        exec(f.read(), scope)
+    return scope['__version__']
+
+
+def want_cuda():
+    """CUDA kernels need a CUDA build of torch and a toolkit; FORCE_CUDA=1 insists."""
+    if os.environ.get('FORCE_CUDA', '0') == '1':
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def make_extension():
+    sources = sorted(glob.glob('ops/*.cpp')) + sorted(glob.glob('ops/cpu/*.cpp'))
+    cxx_flags = ['-O3', '-std=c++17']
+    if want_cuda():
+        sources += sorted(glob.glob('ops/cuda/*.cpp')) + sorted(glob.glob('ops/cuda/*.cu'))
+        return CUDAExtension(
+            'involution_mm._C', sources,
+            define_macros=[('WITH_CUDA', None)],
+            extra_compile_args={'cxx': cxx_flags,
+                                'nvcc': ['-O3', '-std=c++17', '--use_fast_math',
+                                         '--expt-relaxed-constexpr']})
+    print('involution_mm: building the CPU extension only '
+          f'(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}; '
+          'set FORCE_CUDA=1 to insist)')
+    return CppExtension('involution_mm._C', sources, extra_compile_args={'cxx': cxx_flags})
+
+
+setup(
+    name='involution_mm',
+    version=read_version(),
+    description='Involution (CVPR 2021) for OpenMMLab 2.x: native CPU/CUDA op, RedNet, '
+                'involution FPN and heads',
+    packages=find_packages(include=['involution_mm', 'involution_mm.*']),
+    python_requires='>=3.9',
+    # torch, mmcv and the rest are pinned in requirements.txt and installed first (Makefile):
+    # declaring them here would let pip replace the installed torch.
+    install_requires=[],
+    ext_modules=[make_extension()],
+    cmdclass={'build_ext': BuildExtension},
+    zip_safe=False,
+)

@@ -1,0 +1,89 @@
+"""The Involution layer: official parameter names, output sizes, norm configs, autocast."""
+import pytest
+import torch
+import torch.nn as nn
+
+from involution_mm.ops import Involution, involution, involution_reference
+from involution_mm.ops.module import ceil_avg_pool
+
+
+def test_official_parameter_names_and_shapes():
+    module = Involution(64, 7, 1)
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    assert shapes == {
+        'conv1.conv.weight': (16, 64, 1, 1),
+        'conv1.bn.weight': (16,), 'conv1.bn.bias': (16,), 'conv1.bn.running_mean': (16,),
+        'conv1.bn.running_var': (16,), 'conv1.bn.num_batches_tracked': (),
+        'conv2.conv.weight': (196, 16, 1, 1), 'conv2.conv.bias': (196,),
+    }
+
+
+@pytest.mark.parametrize('size', [(8, 8), (7, 9), (15, 12), (1, 2)])
+@pytest.mark.parametrize('stride', [1, 2, 3])
+def test_output_size_is_ceil_of_input_over_stride(size, stride):
+    module = Involution(32, 7, stride, group_channels=16).eval()
+    out = module(torch.randn(2, 32, *size))
+    assert out.shape == (2, 32, -(-size[0] // stride), -(-size[1] // stride))
+
+
+def test_forward_is_the_op_on_the_generated_kernel():
+    module = Involution(32, 5, 2, dilation=2, group_channels=8).eval()
+    x = torch.randn(2, 32, 11, 10)
+    kernel = module.conv2(module.conv1(ceil_avg_pool(x, 2)))
+    expected = involution_reference(x, kernel, 5, 2, 2)
+    torch.testing.assert_close(module(x), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('size', [(8, 6), (7, 9), (5, 5)])
+@pytest.mark.parametrize('stride', [2, 3])
+def test_ceil_avg_pool_equals_ceil_mode_avg_pool(size, stride):
+    x = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    expected = nn.AvgPool2d(stride, stride, ceil_mode=True)(x)
+    torch.testing.assert_close(ceil_avg_pool(x, stride), expected)
+    assert torch.autograd.gradcheck(lambda t: ceil_avg_pool(t, stride), (x,))
+
+
+def test_norm_and_act_cfg_reach_the_kernel_branch():
+    module = Involution(32, 7, norm_cfg=dict(type='GN', num_groups=4), act_cfg=dict(type='GELU'))
+    assert isinstance(module.conv1.gn, nn.GroupNorm) and isinstance(module.conv1.activate, nn.GELU)
+    synced = Involution(32, 7, norm_cfg=dict(type='SyncBN'))
+    assert isinstance(synced.conv1.bn, nn.SyncBatchNorm)
+    assert set(synced.state_dict()) == set(Involution(32, 7).state_dict())
+
+
+def test_autocast_on_cpu_runs_in_bfloat16_with_float32_gradients():
+    module = Involution(32, 7, 2)
+    x = torch.randn(2, 32, 9, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = module(x)
+        # the conv branch makes a bfloat16 kernel for the float32 input: autocast unifies them
+        mixed = involution(x, torch.randn(2, 2, 7, 7, 9, 8), 7)
+    assert out.dtype == torch.bfloat16 and mixed.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in module.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(out.float(), module(x), atol=0.1, rtol=0.05)
+
+
+def test_mixed_dtypes_outside_autocast_are_rejected():
+    with pytest.raises(ValueError, match='input has dtype torch.float32 but weight has torch.bfloat16'):
+        involution(torch.randn(1, 16, 5, 5), torch.randn(1, 1, 3, 3, 5, 5).bfloat16(), 3)
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(channels=30), 'not divisible by group_channels=16'),
+    (dict(channels=32, kernel_size=4), 'kernel_size must be odd'),
+    (dict(channels=32, kernel_size=0), 'kernel_size must be a positive int'),
+    (dict(channels=32, stride=0), 'stride must be a positive int'),
+    (dict(channels=32, reduction_ratio=64), 'leaves no channels'),
+    (dict(channels=32, group_channels=2.5), 'group_channels must be a positive int'),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Involution(**kwargs)
+
+
+def test_wrong_input_channels_name_the_problem():
+    with pytest.raises(RuntimeError, match='channels'):
+        Involution(32, 7)(torch.randn(1, 16, 8, 8))

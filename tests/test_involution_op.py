@@ -1,0 +1,383 @@
+"""The involution op on CPU: parity with the unfold reference, gradients, dtypes, layouts,
+bad input, opcheck, torch.compile, determinism and the no-extension fallback."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from involution_mm.ops import HAS_EXTENSION, involution, involution_out_size, involution_reference
+
+pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason='the compiled extension is not built')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tolerances against a float64 reference computed from the same (rounded) inputs.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=2e-4, rtol=1e-4),
+    torch.bfloat16: dict(atol=6e-2, rtol=2e-2),
+    torch.float16: dict(atol=1e-2, rtol=4e-3),
+}
+
+
+def make_inputs(batch, channels, groups, height, width, kernel_size, stride, dilation,
+                dtype=torch.float32, layout='contiguous', seed=0):
+    padding = dilation * (kernel_size - 1) // 2
+    ho = involution_out_size(height, kernel_size, stride, dilation, padding)
+    wo = involution_out_size(width, kernel_size, stride, dilation, padding)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    w = torch.randn(batch, groups, kernel_size, kernel_size, ho, wo, generator=gen,
+                    dtype=torch.float64)
+    x, w = x.to(dtype), w.to(dtype)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == 'strided':  # a view with gaps in every dimension
+        big = torch.zeros(batch, 2 * channels, height + 3, 2 * width, dtype=dtype)
+        big[:, ::2, 1:height + 1, ::2] = x
+        x = big[:, ::2, 1:height + 1, ::2]
+        assert not x.is_contiguous()
+    return x, w, padding
+
+
+def reference_with_grads(x, w, kernel_size, stride, dilation, padding, grad_out):
+    x64 = x.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    out = involution_reference(x64, w64, kernel_size, stride, dilation, padding)
+    out.backward(grad_out.double())
+    return out.detach(), x64.grad, w64.grad
+
+
+def op_with_grads(x, w, kernel_size, stride, dilation, padding, grad_out):
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    out = involution(x, w, kernel_size, stride, dilation, padding)
+    out.backward(grad_out)
+    return out.detach(), x.grad, w.grad
+
+
+def assert_matches(actual, expected, dtype, what):
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(actual.double(), expected, **tol, msg=lambda m: f'{what}: {m}')
+
+
+# K, stride, dilation, with shapes covering odd/even sizes, one and several groups, group
+# sizes that take both CPU kernels (channel-vectorised: C/G = 8, 16 or 32; general: others).
+GEOMETRY = [(k, s, d) for k in (1, 3, 5, 7) for s in (1, 2) for d in (1, 2)]
+SHAPES = [
+    # batch, channels, groups, height, width
+    (1, 4, 1, 9, 8),
+    (2, 32, 2, 8, 11),
+    (3, 48, 3, 7, 13),
+    (2, 24, 2, 10, 9),
+    (1, 64, 2, 12, 12),
+]
+
+
+@pytest.mark.parametrize('kernel_size,stride,dilation', GEOMETRY)
+@pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+def test_matches_reference_float32(kernel_size, stride, dilation, shape):
+    b, c, g, h, w_ = shape
+    x, w, p = make_inputs(b, c, g, h, w_, kernel_size, stride, dilation)
+    grad_out = torch.randn(b, c, *w.shape[-2:], generator=torch.Generator().manual_seed(1))
+    got = op_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    want = reference_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    for name, a, e in zip(('output', 'grad_input', 'grad_weight'), got, want):
+        assert a.dtype == torch.float32
+        assert_matches(a, e, torch.float32, name)
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=str)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'strided'])
+@pytest.mark.parametrize('kernel_size,stride,dilation', [(7, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 2)])
+@pytest.mark.parametrize('shape', [(2, 32, 2, 9, 14), (1, 12, 3, 8, 7)],
+                         ids=lambda s: 'x'.join(map(str, s)))
+def test_dtypes_and_layouts(dtype, layout, kernel_size, stride, dilation, shape):
+    b, c, g, h, w_ = shape
+    x, w, p = make_inputs(b, c, g, h, w_, kernel_size, stride, dilation, dtype, layout)
+    grad_out = torch.randn(b, c, *w.shape[-2:], generator=torch.Generator().manual_seed(2))
+    grad_out = grad_out.to(dtype)
+    if layout == 'channels_last':
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    got = op_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    want = reference_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    out, grad_x, grad_w = got
+    assert out.dtype == grad_x.dtype == grad_w.dtype == dtype
+    if layout == 'channels_last':
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grad_x.is_contiguous(memory_format=torch.channels_last)
+    for name, a, e in zip(('output', 'grad_input', 'grad_weight'), got, want):
+        assert_matches(a, e, dtype, name)
+
+
+def test_flat_weight_layout_is_accepted():
+    x, w, p = make_inputs(2, 32, 2, 9, 10, 7, 2, 1)
+    flat = w.reshape(2, 2 * 49, *w.shape[-2:])
+    torch.testing.assert_close(involution(x, flat, 7, 2), involution(x, w, 7, 2))
+
+
+def test_default_padding_keeps_size_and_odd_sizes_halve_up():
+    for h, w_ in ((7, 8), (13, 6), (1, 1)):
+        x, w, _ = make_inputs(1, 16, 1, h, w_, 7, 2, 1)
+        assert involution(x, w, 7, 2).shape[-2:] == (-(-h // 2), -(-w_ // 2))
+        x, w, _ = make_inputs(1, 16, 1, h, w_, 7, 1, 2)
+        assert involution(x, w, 7, 1, 2).shape[-2:] == (h, w_)
+
+
+def test_explicit_padding():
+    x, w, _ = make_inputs(1, 8, 2, 9, 9, 3, 1, 1)  # weight for padding 1 (9x9 output)
+    x0 = x[..., 1:-1, 1:-1].contiguous()  # 7x7 input with padding 2 gives 9x9 too
+    torch.testing.assert_close(involution(x0, w, 3, 1, 1, 2),
+                               involution_reference(x0, w, 3, 1, 1, 2))
+
+
+@pytest.mark.parametrize('kernel_size,stride,dilation', [(3, 1, 1), (3, 2, 1), (3, 1, 2), (5, 2, 2)])
+@pytest.mark.parametrize('groups,channels', [(1, 2), (2, 4)])
+def test_gradcheck_float64(kernel_size, stride, dilation, groups, channels):
+    x, w, p = make_inputs(2, channels, groups, 6, 5, kernel_size, stride, dilation, torch.float64)
+    x.requires_grad_()
+    w.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: involution(a, b, kernel_size, stride, dilation, p), (x, w))
+
+
+def test_gradcheck_channel_vectorised_kernels():
+    """C/G = 16 and 32 take the channel-vectorised kernels on every ISA."""
+    for channels in (16, 32):
+        x, w, p = make_inputs(1, channels, 1, 5, 6, 3, 2, 1, torch.float64)
+        x.requires_grad_()
+        w.requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: involution(a, b, 3, 2, 1, p), (x, w))
+
+
+@pytest.mark.parametrize('case', [
+    dict(shape=(2, 32, 2, 9, 8), k=7, s=1, d=1, layout='contiguous'),
+    dict(shape=(1, 12, 3, 7, 10), k=3, s=2, d=2, layout='channels_last'),
+    dict(shape=(2, 16, 1, 6, 6), k=5, s=2, d=1, layout='strided'),
+], ids=['k7', 'k3s2d2_cl', 'k5s2_strided'])
+def test_opcheck(case):
+    b, c, g, h, w_ = case['shape']
+    x, w, p = make_inputs(b, c, g, h, w_, case['k'], case['s'], case['d'], layout=case['layout'])
+    x.requires_grad_()
+    w.requires_grad_()
+    torch.library.opcheck(torch.ops.involution_mm.involution.default,
+                          (x, w, case['k'], case['s'], case['d'], p))
+    grad_out = torch.randn(b, c, *w.shape[-2:])
+    torch.library.opcheck(torch.ops.involution_mm.involution_grad_input.default,
+                          (grad_out, w.detach(), [h, w_], case['k'], case['s'], case['d'], p))
+    torch.library.opcheck(torch.ops.involution_mm.involution_grad_weight.default,
+                          (grad_out, x.detach(), case['k'], case['s'], case['d'], p, g))
+
+
+def test_torch_compile_matches_eager():
+    from involution_mm.ops import Involution
+    torch.manual_seed(0)
+    module = Involution(32, 7, 2)
+    compiled = torch.compile(module, fullgraph=True)
+    x = torch.randn(2, 32, 15, 12, requires_grad=True)
+    eager_out = module(x)
+    eager_out.square().sum().backward()
+    eager_grads = [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+    x.grad = None
+    module.zero_grad()
+    compiled_out = compiled(x)
+    compiled_out.square().sum().backward()
+    compiled_grads = [x.grad] + [p.grad for p in module.parameters()]
+    torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
+    for a, e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
+
+def test_meta_tensors_propagate_shapes():
+    x = torch.empty(2, 32, 15, 12, device='meta')
+    w = torch.empty(2, 2, 7, 7, 8, 6, device='meta')
+    out = involution(x, w, 7, 2)
+    assert out.shape == (2, 32, 8, 6) and out.device.type == 'meta'
+
+
+def test_deterministic_and_independent_of_thread_count():
+    x, w, p = make_inputs(4, 32, 2, 20, 17, 7, 1, 1)
+    grad_out = torch.randn(4, 32, 20, 17)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (threads, 1, threads):
+            torch.set_num_threads(n)
+            results.append(op_with_grads(x, w, 7, 1, 1, p, grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
+
+
+def test_zero_size_batch_gives_empty_output_and_grads():
+    """As conv2d: an empty batch (e.g. no RoIs in a mask head) is valid and gives empties."""
+    x, w, p = make_inputs(0, 16, 1, 7, 7, 7, 1, 1)
+    out, gx, gw = op_with_grads(x, w, 7, 1, 1, p, torch.zeros(0, 16, 7, 7))
+    assert out.shape == (0, 16, 7, 7) and gx.shape == x.shape and gw.shape == w.shape
+
+
+@given(batch=st.integers(1, 2), groups=st.integers(1, 3), group_channels=st.integers(1, 17),
+       height=st.integers(1, 12), width=st.integers(1, 12), kernel_size=st.sampled_from([1, 3, 5, 7]),
+       stride=st.integers(1, 3), dilation=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
+@settings(max_examples=40, deadline=None)
+def test_random_shapes_match_reference(batch, groups, group_channels, height, width,
+                                       kernel_size, stride, dilation, seed):
+    x, w, p = make_inputs(batch, groups * group_channels, groups, height, width, kernel_size,
+                          stride, dilation, seed=seed)
+    grad_out = torch.randn(batch, groups * group_channels, *w.shape[-2:],
+                           generator=torch.Generator().manual_seed(seed))
+    got = op_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    want = reference_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
+    for name, a, e in zip(('output', 'grad_input', 'grad_weight'), got, want):
+        assert_matches(a, e, torch.float32, name)
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+def _ok():
+    return make_inputs(2, 32, 2, 9, 8, 7, 1, 1)[:2]
+
+
+BAD_CALLS = {
+    'input rank': (lambda x, w: involution(x[0], w, 7), ValueError, 'input must be 4-d'),
+    'weight rank': (lambda x, w: involution(x, w[0], 7), ValueError, 'weight must be 6-d'),
+    'groups do not divide channels': (
+        lambda x, w: involution(x[:, :30], torch.randn(2, 4, 7, 7, 9, 8), 7), ValueError,
+        'cannot be split into 4 groups'),
+    'weight spatial size': (lambda x, w: involution(x, w[..., :-1], 7), ValueError,
+                            r'weight must have shape \(B, G, K, K, Ho, Wo\)'),
+    'weight size for stride': (lambda x, w: involution(x, w, 7, stride=2), ValueError,
+                               'weight must have shape'),
+    'weight kernel size': (lambda x, w: involution(x, w, 5), ValueError, 'weight must have shape'),
+    'weight batch': (lambda x, w: involution(x, w[:1], 7), ValueError, 'weight must have shape'),
+    'flat weight channels': (lambda x, w: involution(x, torch.randn(2, 50, 9, 8), 7), ValueError,
+                             'not a multiple of 49'),
+    'mixed dtypes': (lambda x, w: involution(x.double(), w, 7), ValueError,
+                     'input has dtype torch.float64 but weight has torch.float32'),
+    'integer dtype': (lambda x, w: involution(x.int(), w.int(), 7), ValueError,
+                      'must be float32, float64, float16 or bfloat16'),
+    'mixed devices': (lambda x, w: involution(x, w.to('meta'), 7), ValueError,
+                      'input is on cpu but weight is on meta'),
+    'zero kernel size': (lambda x, w: involution(x, w, 0), ValueError, 'kernel_size must be positive'),
+    'negative kernel size': (lambda x, w: involution(x, w, -3), ValueError, 'kernel_size must be positive'),
+    'zero stride': (lambda x, w: involution(x, w, 7, stride=0), ValueError, 'stride must be positive'),
+    'negative stride': (lambda x, w: involution(x, w, 7, stride=-1), ValueError, 'stride must be positive'),
+    'zero dilation': (lambda x, w: involution(x, w, 7, dilation=0), ValueError, 'dilation must be positive'),
+    'negative padding': (lambda x, w: involution(x, w, 7, padding=-1), ValueError,
+                         'padding must be non-negative'),
+    'float kernel size': (lambda x, w: involution(x, w, 7.0), TypeError, 'kernel_size must be an int'),
+    'zero channels': (lambda x, w: involution(x[:, :0], w, 7), ValueError, 'non-zero channels'),
+    'input smaller than kernel': (
+        lambda x, w: involution(x[..., :2, :2], w, 7, padding=0), ValueError, 'too small for kernel_size=7'),
+    'weight not a tensor': (lambda x, w: involution(x, w.tolist(), 7), TypeError, 'weight must be a Tensor'),
+}
+
+
+@pytest.mark.parametrize('name', list(BAD_CALLS))
+def test_bad_input_raises_clear_error(name):
+    call, error, message = BAD_CALLS[name]
+    x, w = _ok()
+    with pytest.raises(error, match=message):
+        call(x, w)
+
+
+# The C++ op checks its arguments itself, so direct torch.ops calls cannot read out of bounds.
+BAD_OP_CALLS = {
+    'weight shape': (lambda x, w: torch.ops.involution_mm.involution(x, w[..., :-1], 7, 1, 1, 3),
+                     'weight must have shape'),
+    'groups': (lambda x, w: torch.ops.involution_mm.involution(x[:, :31], w, 7, 1, 1, 3),
+               'cannot be split into 2 groups'),
+    'padding': (lambda x, w: torch.ops.involution_mm.involution(x, w, 7, 1, 1, -1),
+                'padding must be non-negative'),
+    'dtype': (lambda x, w: torch.ops.involution_mm.involution(x.double(), w, 7, 1, 1, 3),
+              'has dtype'),
+    'grad_input size': (lambda x, w: torch.ops.involution_mm.involution_grad_input(
+        torch.randn(2, 32, 9, 8), w, [10, 8], 7, 1, 1, 3), 'weight must have shape'),
+    'grad_input grad size': (lambda x, w: torch.ops.involution_mm.involution_grad_input(
+        torch.randn(2, 32, 9, 7), w, [9, 8], 7, 1, 1, 3), 'grad_output must be 9x8'),
+    'grad_weight groups': (lambda x, w: torch.ops.involution_mm.involution_grad_weight(
+        torch.randn(2, 32, 9, 8), x, 7, 1, 1, 3, 5), 'cannot be split into 5 groups'),
+    'grad_weight grad shape': (lambda x, w: torch.ops.involution_mm.involution_grad_weight(
+        torch.randn(2, 32, 9, 9), x, 7, 1, 1, 3, 2), 'grad_output must have shape'),
+}
+
+
+@pytest.mark.parametrize('name', list(BAD_OP_CALLS))
+def test_raw_op_rejects_bad_input(name):
+    call, message = BAD_OP_CALLS[name]
+    x, w = _ok()
+    with pytest.raises(ValueError, match=message):
+        call(x, w)
+
+
+# ---- other instruction sets and the fallback ------------------------------------------------
+
+def _run_python(code, env=None):
+    result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+PARITY_SCRIPT = '''
+    import torch
+    from involution_mm.ops import involution, involution_out_size, involution_reference
+    print(torch.ops.involution_mm.cpu_kernel_isa())
+    torch.manual_seed(0)
+    for (k, s, d) in [(7, 1, 1), (3, 2, 1), (5, 2, 2), (1, 1, 1)]:
+        for (c, g) in [(16, 1), (32, 2), (64, 2), (12, 3), (8, 1)]:
+            for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)]:
+                h, w_ = 11, 9
+                p = d * (k - 1) // 2
+                ho, wo = (involution_out_size(n, k, s, d, p) for n in (h, w_))
+                x = torch.randn(2, c, h, w_).to(dtype).requires_grad_()
+                wt = torch.randn(2, g, k, k, ho, wo).to(dtype).requires_grad_()
+                go = torch.randn(2, c, ho, wo).to(dtype)
+                out = involution(x, wt, k, s, d)
+                gx, gw = torch.autograd.grad(out, (x, wt), go)
+                x64, w64 = x.detach().double().requires_grad_(), wt.detach().double().requires_grad_()
+                ref = involution_reference(x64, w64, k, s, d)
+                rgx, rgw = torch.autograd.grad(ref, (x64, w64), go.double())
+                for a, e in ((out, ref), (gx, rgx), (gw, rgw)):
+                    torch.testing.assert_close(a.double(), e.detach(), atol=tol * 10, rtol=tol)
+'''
+
+
+@pytest.mark.parametrize('isa', ['default', 'avx2', 'avx512'])
+def test_every_kernel_build_matches_reference(isa):
+    """Each instruction-set build of the kernels, forced as PyTorch's own are."""
+    result = _run_python(PARITY_SCRIPT, env={'ATEN_CPU_CAPABILITY': isa})
+    ran = result.stdout.strip().splitlines()[0]
+    if ran != isa:
+        pytest.skip(f'this CPU cannot run the {isa} build (ran {ran}); the other builds passed')
+
+
+def test_fallback_without_extension_warns_once_and_matches():
+    code = '''
+        import sys, warnings
+        sys.modules['involution_mm._C'] = None  # as if the extension had not been built
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            import torch
+            from involution_mm.ops import HAS_EXTENSION, Involution, involution, involution_reference
+            assert not HAS_EXTENSION
+            x = torch.randn(2, 32, 9, 8, requires_grad=True)
+            out = Involution(32, 7, 2)(x)
+            out.sum().backward()
+            assert out.shape == (2, 32, 5, 4) and x.grad.shape == x.shape
+            w = torch.randn(2, 2, 7, 7, 9, 8)
+            assert torch.equal(involution(x, w, 7), involution_reference(x, w, 7))
+        messages = [str(w.message) for w in caught if 'compiled extension' in str(w.message)]
+        assert len(messages) == 1, messages
+        print('fallback ok')
+    '''
+    assert 'fallback ok' in _run_python(code).stdout

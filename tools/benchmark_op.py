@@ -1,0 +1,256 @@
+"""Benchmark of the involution op against the unfold reference and a depthwise 7x7 conv.
+
+Times forward and forward+backward on the RedNet-50 shapes (C = 64/128/256/512 at
+56/28/14/7, G = C/16, K = 7), interleaving the methods in one process so that machine noise
+hits them alike, and reports medians, ratios, the achieved bandwidth against the op's
+memory-traffic lower bound, and the peak extra memory of forward+backward (each method in a
+fresh process, from the high-water mark of its resident memory, so scratch buffers that
+bypass torch's allocator count too). Writes JSON with the machine, versions and command.
+
+    python tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+KERNEL_SIZE = 7
+GROUP_CHANNELS = 16
+METHODS = ('involution_mm', 'unfold_reference', 'depthwise_conv')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default='work_dirs/benchmark_op_cpu.json', help='JSON file')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--shapes', nargs='+', default=None,
+                        help='C:H pairs, e.g. 64:56 128:28 (default: the RedNet-50 shapes)')
+    parser.add_argument('--repeats', type=int, default=15, help='timed runs per method')
+    parser.add_argument('--dtype', choices=['float32', 'float64', 'bfloat16', 'float16'],
+                        default='float32')
+    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
+    # Internal: one memory measurement in a fresh process.
+    parser.add_argument('--memory-probe', nargs=4, metavar=('METHOD', 'B', 'C', 'H'),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error('--repeats must be at least 1')
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error('--batch-sizes must be positive')
+    args.shape_list = SHAPES if args.shapes is None else [_parse_shape(parser, s) for s in args.shapes]
+    return args
+
+
+def _parse_shape(parser, text):
+    try:
+        c, h = (int(v) for v in text.split(':'))
+    except ValueError:
+        parser.error(f'--shapes takes C:H pairs such as 64:56, got {text!r}')
+    if c < GROUP_CHANNELS or c % GROUP_CHANNELS or h < 1:
+        parser.error(f'--shapes: C must be a positive multiple of {GROUP_CHANNELS} and H '
+                     f'positive, got {text!r}')
+    return c, h
+
+
+def make_case(method, batch, channels, size, dtype, requires_grad):
+    """Inputs of one method; every method computes the same multiply-adds."""
+    from involution_mm.ops import involution, involution_reference
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype)
+    if method == 'depthwise_conv':
+        w = torch.randn(channels, 1, KERNEL_SIZE, KERNEL_SIZE, generator=gen, dtype=dtype)
+        fn = lambda a, b: F.conv2d(a, b, padding=KERNEL_SIZE // 2, groups=channels)  # noqa: E731
+    else:
+        groups = channels // GROUP_CHANNELS
+        w = torch.randn(batch, groups, KERNEL_SIZE, KERNEL_SIZE, size, size, generator=gen,
+                        dtype=dtype)
+        op = involution if method == 'involution_mm' else involution_reference
+        fn = lambda a, b: op(a, b, KERNEL_SIZE)  # noqa: E731
+    x.requires_grad_(requires_grad)
+    w.requires_grad_(requires_grad)
+    grad_out = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype)
+    return fn, x, w, grad_out
+
+
+def run_once(fn, x, w, grad_out, backward):
+    if backward:
+        x.grad = w.grad = None
+        fn(x, w).backward(grad_out)
+    else:
+        with torch.no_grad():
+            fn(x, w)
+
+
+def time_methods(batch, channels, size, dtype, backward, repeats):
+    """Median seconds per method, methods interleaved run by run."""
+    cases = {m: make_case(m, batch, channels, size, dtype, backward) for m in METHODS}
+    for case in cases.values():  # warm-up
+        run_once(*case, backward)
+    samples = {m: [] for m in METHODS}
+    for _ in range(repeats):
+        for method, case in cases.items():
+            start = time.perf_counter()
+            run_once(*case, backward)
+            samples[method].append(time.perf_counter() - start)
+    return {m: statistics.median(v) for m, v in samples.items()}
+
+
+def max_rss_bytes():
+    """High-water mark of this process's resident memory. VmHWM, not ru_maxrss: Linux carries
+    ru_maxrss over from the parent across exec, VmHWM belongs to the new address space."""
+    with open('/proc/self/status') as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
+    return kib * 1024
+
+
+def memory_probe(method, batch, channels, size, dtype):
+    """Extra peak resident memory of one forward+backward beyond the inputs, outputs and
+    gradients that any implementation must hold."""
+    fn, x, w, grad_out = make_case(method, batch, channels, size, dtype, True)
+    needed = 2 * x.numel() * x.element_size() + w.numel() * w.element_size()  # out, dx, dw
+    # Touch the results' worth of memory once so that the high-water mark already covers them.
+    torch.empty(needed // x.element_size() + 1, dtype=dtype).fill_(0)
+    before = max_rss_bytes()
+    run_once(fn, x, w, grad_out, True)
+    return max(0, max_rss_bytes() - before)
+
+
+def measure_memory(method, batch, channels, size, args):
+    cmd = [sys.executable, os.path.abspath(__file__), '--dtype', args.dtype,
+           '--memory-probe', method, str(batch), str(channels), str(size)]
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def lower_bound_bytes(batch, channels, size, dtype):
+    """Forward, stride 1: read x, write out, read the weight once (reference.md)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    per_output = elem * (2 + KERNEL_SIZE ** 2 / GROUP_CHANNELS)
+    return batch * channels * size * size * per_output
+
+
+def copy_bandwidth(dtype):
+    """Bytes/s of a large tensor copy (read + write): what memory can give on this machine."""
+    src = torch.randn(64 * 2 ** 20 // 4).to(dtype)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(_timed(lambda: dst.copy_(src)) for _ in range(10))
+    return 2 * src.numel() * src.element_size() / best
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine_info():
+    cpu = platform.processor()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    import involution_mm
+    return {
+        'platform': platform.platform(), 'cpu': cpu, 'logical_cores': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
+        'torch': torch.__version__, 'involution_mm': involution_mm.__version__,
+        'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa()
+        if involution_mm.ops.HAS_EXTENSION else 'reference (no extension)',
+    }
+
+
+def format_table(rows):
+    head = ('| B | C | HxW | op fwd ms | unfold fwd ms | dwconv fwd ms | op fwd+bwd ms | '
+            'unfold fwd+bwd ms | dwconv fwd+bwd ms | unfold/op fwd | unfold/op f+b | '
+            'op/dwconv fwd | op/dwconv f+b | op GB/s (bound) | op extra MiB | unfold extra MiB |'
+            ' x+w MiB |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for r in rows:
+        f, fb, mem = r['forward_ms'], r['forward_backward_ms'], r.get('extra_peak_mib', {})
+        lines.append(
+            f"| {r['batch']} | {r['channels']} | {r['size']}x{r['size']} | "
+            f"{f['involution_mm']:.2f} | {f['unfold_reference']:.1f} | {f['depthwise_conv']:.2f} | "
+            f"{fb['involution_mm']:.2f} | {fb['unfold_reference']:.1f} | {fb['depthwise_conv']:.2f} | "
+            f"{r['speedup_vs_unfold_forward']:.1f}x | {r['speedup_vs_unfold_forward_backward']:.1f}x | "
+            f"{r['ratio_to_dwconv_forward']:.2f} | {r['ratio_to_dwconv_forward_backward']:.2f} | "
+            f"{r['achieved_gbps']:.1f} | {mem.get('involution_mm', float('nan')):.1f} | "
+            f"{mem.get('unfold_reference', float('nan')):.1f} | {r['input_plus_weight_mib']:.1f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    if args.memory_probe:
+        method, batch, channels, size = args.memory_probe
+        print(memory_probe(method, int(batch), int(channels), int(size), dtype))
+        return
+    import involution_mm
+    if not involution_mm.ops.HAS_EXTENSION:
+        raise SystemExit('benchmark_op: the compiled extension is missing; build it first '
+                         '(make env, or pip install -e . --no-build-isolation)')
+    rows = []
+    for batch in args.batch_sizes:
+        for channels, size in args.shape_list:
+            fwd = time_methods(batch, channels, size, dtype, False, args.repeats)
+            fb = time_methods(batch, channels, size, dtype, True, args.repeats)
+            elem = torch.empty((), dtype=dtype).element_size()
+            x_bytes = batch * channels * size * size * elem
+            w_bytes = x_bytes * KERNEL_SIZE ** 2 // GROUP_CHANNELS
+            row = {
+                'batch': batch, 'channels': channels, 'size': size,
+                'groups': channels // GROUP_CHANNELS, 'kernel_size': KERNEL_SIZE,
+                'forward_ms': {m: t * 1e3 for m, t in fwd.items()},
+                'forward_backward_ms': {m: t * 1e3 for m, t in fb.items()},
+                'speedup_vs_unfold_forward': fwd['unfold_reference'] / fwd['involution_mm'],
+                'speedup_vs_unfold_forward_backward':
+                    fb['unfold_reference'] / fb['involution_mm'],
+                'ratio_to_dwconv_forward': fwd['involution_mm'] / fwd['depthwise_conv'],
+                'ratio_to_dwconv_forward_backward': fb['involution_mm'] / fb['depthwise_conv'],
+                'lower_bound_bytes_forward': lower_bound_bytes(batch, channels, size, dtype),
+                'achieved_gbps': lower_bound_bytes(batch, channels, size, dtype)
+                / fwd['involution_mm'] / 1e9,
+                'input_plus_weight_mib': (x_bytes + w_bytes) / 2 ** 20,
+            }
+            if not args.no_memory:
+                row['extra_peak_mib'] = {
+                    m: measure_memory(m, batch, channels, size, args) / 2 ** 20
+                    for m in ('involution_mm', 'unfold_reference')}
+            rows.append(row)
+            print(f'B={batch} C={channels} {size}x{size}: op fwd {row["forward_ms"]["involution_mm"]:.2f} ms, '
+                  f'dwconv {row["forward_ms"]["depthwise_conv"]:.2f} ms, '
+                  f'unfold {row["forward_ms"]["unfold_reference"]:.1f} ms', flush=True)
+    result = {
+        'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
+        'machine': machine_info(), 'dtype': args.dtype, 'repeats': args.repeats,
+        'copy_bandwidth_gbps': copy_bandwidth(dtype) / 1e9,
+        'notes': 'times are medians of interleaved runs; extra_peak_mib is the growth of the '
+                 'resident-memory high-water mark during one forward+backward beyond the '
+                 'inputs, output and gradients; achieved_gbps = forward lower-bound bytes '
+                 '(x read, out written, weight read once) / forward time',
+        'results': rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(result, f, indent=2)
+    print(format_table(rows))
+    print(f"copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s; wrote {args.out}")
+
+
+if __name__ == '__main__':
+    main()
