@@ -1,0 +1,3 @@
+from .rednet import Bottleneck, RedNet, ResLayer
+
+__all__ = ['Bottleneck', 'RedNet', 'ResLayer']

@@ -1,0 +1,3 @@
+from .involution_fpn import InvolutionFPN, build_involution
+
+__all__ = ['InvolutionFPN', 'build_involution']
