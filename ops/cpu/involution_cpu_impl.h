@@ -431,10 +431,106 @@ constexpr int64_t pixel_block() {
   return kMaxChannelBlock >= 16 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 6 : 3);
 }
 
+// Transposes a square block of N = Vec::size() vectors in registers (log2(N) rounds of
+// interleaving rows i and i + N/2): afterwards rows[k] holds what was column k.
+template <typename acc_t>
+inline void transpose_block(Vec<acc_t>* rows) {
+  constexpr int64_t N = Vec<acc_t>::size();
+  for (int64_t round = 1; round < N; round *= 2) {
+    Vec<acc_t> next[N];
+    INVOLUTION_UNROLL
+    for (int64_t k = 0; k < N / 2; ++k) {
+      auto pair = at::vec::interleave2(rows[k], rows[k + N / 2]);
+      next[2 * k] = pair.first;
+      next[2 * k + 1] = pair.second;
+    }
+    INVOLUTION_UNROLL
+    for (int64_t k = 0; k < N; ++k) rows[k] = next[k];
+  }
+}
+
+// Copies n columns of CG channel rows (src + cg * src_c + col * src_w) into pixel-major
+// dst[col * CG + cg]. Whole blocks of Vec::size() columns and channels of unit-stride rows
+// of acc_t go through transpose_block; channels_last rows are plain copies.
+template <typename scalar_t, typename acc_t>
+void gather_pixels(acc_t* dst, const scalar_t* src, int64_t src_c, int64_t src_w, int64_t CG,
+                   int64_t n) {
+  constexpr int64_t N = Vec<acc_t>::size();
+  if (src_c == 1) {
+    for (int64_t col = 0; col < n; ++col) convert_copy(src + col * src_w, dst + col * CG, CG);
+    return;
+  }
+  int64_t col = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (src_w == 1 && CG % N == 0) {
+      for (; col + N <= n; col += N)
+        for (int64_t c0 = 0; c0 < CG; c0 += N) {
+          Vec<acc_t> rows[N];
+          INVOLUTION_UNROLL
+          for (int64_t k = 0; k < N; ++k) rows[k] = Vec<acc_t>::loadu(src + (c0 + k) * src_c + col);
+          transpose_block(rows);
+          INVOLUTION_UNROLL
+          for (int64_t k = 0; k < N; ++k) rows[k].store(dst + (col + k) * CG + c0);
+        }
+    }
+  }
+  for (int64_t cg = 0; cg < CG; ++cg)
+    for (int64_t c = col; c < n; ++c) dst[c * CG + cg] = static_cast<acc_t>(src[cg * src_c + c * src_w]);
+}
+
+// The inverse: pixel-major src[col * CG + cg] to CG rows dst + cg * dst_c + col * dst_w.
+template <typename scalar_t, typename acc_t>
+void scatter_pixels(scalar_t* dst, int64_t dst_c, int64_t dst_w, const acc_t* src, int64_t CG,
+                    int64_t n) {
+  constexpr int64_t N = Vec<acc_t>::size();
+  if (dst_c == 1) {
+    for (int64_t col = 0; col < n; ++col) store_row(dst + col * dst_w, 1, src + col * CG, CG);
+    return;
+  }
+  int64_t col = 0;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (dst_w == 1 && CG % N == 0) {
+      for (; col + N <= n; col += N)
+        for (int64_t c0 = 0; c0 < CG; c0 += N) {
+          Vec<acc_t> rows[N];
+          INVOLUTION_UNROLL
+          for (int64_t k = 0; k < N; ++k) rows[k] = Vec<acc_t>::loadu(src + (col + k) * CG + c0);
+          transpose_block(rows);
+          INVOLUTION_UNROLL
+          for (int64_t k = 0; k < N; ++k) rows[k].store(dst + (c0 + k) * dst_c + col);
+        }
+    }
+  }
+  for (int64_t cg = 0; cg < CG; ++cg)
+    for (int64_t c = col; c < n; ++c) dst[cg * dst_c + c * dst_w] = static_cast<scalar_t>(src[c * CG + cg]);
+}
+
+// Calls block(j, BlockSize<RB>) over [0, n): RB = R, then 4, 2 and 1 for the tail.
+template <int64_t R, typename Block>
+inline void for_each_pixel_block(int64_t n, const Block& block) {
+  int64_t j = 0;
+  for (; j + R <= n; j += R) block(j, BlockSize<R>{});
+  if constexpr (R > 4) {
+    if (j + 4 <= n) block(j, BlockSize<4>{}), j += 4;
+  }
+  if constexpr (R > 2) {
+    if (j + 2 <= n) block(j, BlockSize<2>{}), j += 2;
+  }
+  for (; j < n; ++j) block(j, BlockSize<1>{});
+}
+
+// With a dense kernel row in registers too (RB + K - 1 more vectors, K <= 7).
+template <int64_t NV>
+constexpr int64_t dense_pixel_block() {
+  return kMaxChannelBlock >= 16 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 4 : 2);
+}
+
 // panel[(pr * Wp + pc) * CG + cg] = x[c0 + cg, r0 + pr, pc - pad], zero outside the image.
 template <typename scalar_t, typename acc_t>
 void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, int64_t CG,
                       int64_t H, int64_t W, int64_t r0, int64_t rows, int64_t Wp, int64_t pad) {
+  const int64_t pc_lo = std::clamp<int64_t>(pad, 0, Wp);
+  const int64_t pc_hi = std::clamp<int64_t>(W + pad, pc_lo, Wp);
   for (int64_t pr = 0; pr < rows; ++pr) {
     const int64_t r = r0 + pr;
     acc_t* dst = panel + pr * Wp * CG;
@@ -442,31 +538,29 @@ void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, in
       std::fill(dst, dst + Wp * CG, acc_t(0));
       continue;
     }
-    const int64_t pc_lo = std::clamp<int64_t>(pad, 0, Wp), pc_hi = std::clamp<int64_t>(W + pad, pc_lo, Wp);
     std::fill(dst, dst + pc_lo * CG, acc_t(0));
     std::fill(dst + pc_hi * CG, dst + Wp * CG, acc_t(0));
-    for (int64_t cg = 0; cg < CG; ++cg) {
-      const scalar_t* src = x_c0 + cg * xs.c + r * xs.h + (pc_lo - pad) * xs.w;
-      for (int64_t pc = pc_lo; pc < pc_hi; ++pc) dst[pc * CG + cg] = static_cast<acc_t>(src[(pc - pc_lo) * xs.w]);
-    }
+    gather_pixels(dst + pc_lo * CG, x_c0 + r * xs.h + (pc_lo - pad) * xs.w, xs.c, xs.w, CG,
+                  pc_hi - pc_lo);
   }
 }
 
-// out[c0 + cg, (row), j * stride] = pixels[j * CG + cg] for j < n: the transpose back.
+// out[c0 + cg, (row), j] = pixels[j * CG + cg] for j < n: the transpose back.
 template <typename scalar_t, typename acc_t>
 inline void store_pixel_row(scalar_t* out_c0_row, const Strides4& os, const acc_t* pixels,
                             int64_t CG, int64_t n) {
-  for (int64_t cg = 0; cg < CG; ++cg) {
-    scalar_t* dst = out_c0_row + cg * os.c;
-    for (int64_t j = 0; j < n; ++j) dst[j * os.w] = static_cast<scalar_t>(pixels[j * CG + cg]);
-  }
+  scatter_pixels(out_c0_row, os.c, os.w, pixels, CG, n);
 }
 
-template <typename scalar_t, int64_t NV>
+// DenseK = K > 0 for stride 1, dilation 1 and a K the kernel is built for: tap v of pixel
+// j + r then reads column j + r + v, so one row of RB + K - 1 input vectors in registers serves
+// all RB x K taps of a kernel row. DenseK = 0: any geometry, one load per tap.
+template <typename scalar_t, int64_t NV, int64_t DenseK>
 void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
                      const scalar_t* w, scalar_t* out, const Strides4& os) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS, R = pixel_block<NV>();
+  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS;
+  constexpr int64_t R = DenseK > 0 ? dense_pixel_block<NV>() : pixel_block<NV>();
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
   const int64_t Wp = (Wo - 1) * s + (K - 1) * d + 1;
@@ -474,20 +568,40 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
   const int64_t blocks = (Ho + rb - 1) / rb;
   const int64_t max_panel_rows = (rb - 1) * s + (K - 1) * d + 1;
 
+  constexpr bool direct_weight = std::is_same_v<scalar_t, acc_t>;
+
   at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> panel(max_panel_rows * Wp * CG);
-    std::vector<acc_t> weight_rows(KK * rb * Wo);
+    std::vector<acc_t> weight_rows(direct_weight ? 0 : KK * rb * Wo);
     std::vector<acc_t> pixels(Wo * CG);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
       const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
-      const int64_t uv_stride = rows * Wo;
       const scalar_t* w_bg = w + bg * KK * Ho * Wo;
-      for (int64_t uv = 0; uv < KK; ++uv)
-        convert_copy(w_bg + (uv * Ho + i0) * Wo, weight_rows.data() + uv * uv_stride, uv_stride);
+      // Weight row (u, v, i0 + i) at w_rows + uv * uv_stride + i * Wo: read in place when no
+      // conversion is needed (the next row is prefetched below), else converted once.
+      const acc_t* w_rows;
+      int64_t uv_stride;
+      if constexpr (direct_weight) {
+        w_rows = w_bg + i0 * Wo;
+        uv_stride = Ho * Wo;
+      } else {
+        uv_stride = rows * Wo;
+        for (int64_t uv = 0; uv < KK; ++uv)
+          convert_copy(w_bg + (uv * Ho + i0) * Wo, weight_rows.data() + uv * uv_stride, uv_stride);
+        w_rows = weight_rows.data();
+      }
       fill_pixel_panel(panel.data(), x + b * xs.b + g * CG * xs.c, xs, CG, sh.H, sh.W, i0 * s - p,
                        (rows - 1) * s + (K - 1) * d + 1, Wp, p);
       for (int64_t i = 0; i < rows; ++i) {
+        if constexpr (direct_weight) {
+          // The K*K weight rows of the next output row are Ho*Wo apart: more streams than the
+          // hardware prefetcher follows, so fetch them while this row computes.
+          if (i0 + i + 1 < Ho)
+            for (int64_t uv = 0; uv < KK; ++uv)
+              for (int64_t e = 0; e < Wo; e += 64 / static_cast<int64_t>(sizeof(acc_t)))
+                __builtin_prefetch(w_rows + uv * uv_stride + (i + 1) * Wo + e);
+        }
         // acc[r][nv] += w[u, v, i, j + r] * panel[i*s + u*d, (j + r)*s + v*d, nv-th vector]
         auto block = [&](int64_t j, auto pixels_in_block) {
           constexpr int64_t RB = decltype(pixels_in_block)::value;
@@ -498,7 +612,27 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
             for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv] = Vec<acc_t>(acc_t(0));
           for (int64_t u = 0; u < K; ++u) {
             const acc_t* x_u = panel.data() + ((i * s + u * d) * Wp + j * s) * CG;
-            const acc_t* w_u = weight_rows.data() + u * K * uv_stride + i * Wo + j;
+            const acc_t* w_u = w_rows + u * K * uv_stride + i * Wo + j;
+            if constexpr (DenseK > 0) {
+              // RB + K - 1 input vectors of the kernel row serve all RB x K taps.
+              Vec<acc_t> xv[RB + DenseK - 1][NV];
+              INVOLUTION_UNROLL
+              for (int64_t k = 0; k < RB + DenseK - 1; ++k)
+                INVOLUTION_UNROLL
+                for (int64_t nv = 0; nv < NV; ++nv) xv[k][nv] = Vec<acc_t>::loadu(x_u + k * CG + nv * VS);
+              INVOLUTION_UNROLL
+              for (int64_t v = 0; v < DenseK; ++v) {
+                const acc_t* w_uv = w_u + v * uv_stride;
+                INVOLUTION_UNROLL
+                for (int64_t r = 0; r < RB; ++r) {
+                  const Vec<acc_t> wv(w_uv[r]);
+                  INVOLUTION_UNROLL
+                  for (int64_t nv = 0; nv < NV; ++nv)
+                    acc[r][nv] = at::vec::fmadd(wv, xv[r + v][nv], acc[r][nv]);
+                }
+              }
+              continue;
+            }
             for (int64_t v = 0; v < K; ++v) {
               const acc_t* x_uv = x_u + v * d * CG;
               const acc_t* w_uv = w_u + v * uv_stride;
@@ -517,21 +651,22 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
             INVOLUTION_UNROLL
             for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv].store(pixels.data() + (j + r) * CG + nv * VS);
         };
-        int64_t j = 0;
-        for (; j + R <= Wo; j += R) block(j, BlockSize<R>{});
-        for (; j < Wo; ++j) block(j, BlockSize<1>{});
+        for_each_pixel_block<R>(Wo, block);
         store_pixel_row(out + b * os.b + g * CG * os.c + (i0 + i) * os.h, os, pixels.data(), CG, Wo);
       }
     }
   });
 }
 
-// grad_input with pixel-major panels; same tap bookkeeping as grad_input_impl.
-template <typename scalar_t, int64_t NV>
+// grad_input with pixel-major panels; same tap bookkeeping as grad_input_impl. DenseK as in
+// forward_cv_impl: with stride 1 and dilation 1, tap v of pixel m + r reads grad_out column
+// m + r + p - v, so RB + K - 1 vectors in registers serve a kernel row.
+template <typename scalar_t, int64_t NV, int64_t DenseK>
 void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Strides4& gs,
                         const scalar_t* w, scalar_t* gx, const Strides4& gxs) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS, R = pixel_block<NV>();
+  constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS;
+  constexpr int64_t R = DenseK > 0 ? dense_pixel_block<NV>() : pixel_block<NV>();
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
   const InputTaps taps(sh);
@@ -568,6 +703,27 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
             for (const auto& [u, ii] : rows_u) {
               const acc_t* go_r = go_panel.data() + (ii * row_len - taps.j_lo + m) * CG;
               const acc_t* w_r = w_panel.data() + (u * K * n_i + ii) * row_len - taps.j_lo + m;
+              if constexpr (DenseK > 0) {
+                Vec<acc_t> gv[RB + DenseK - 1][NV];  // gv[k]: column m + p - (K - 1) + k
+                const acc_t* go_first = go_r + (p - (DenseK - 1)) * CG;
+                INVOLUTION_UNROLL
+                for (int64_t k = 0; k < RB + DenseK - 1; ++k)
+                  INVOLUTION_UNROLL
+                  for (int64_t nv = 0; nv < NV; ++nv)
+                    gv[k][nv] = Vec<acc_t>::loadu(go_first + k * CG + nv * VS);
+                INVOLUTION_UNROLL
+                for (int64_t v = 0; v < DenseK; ++v) {
+                  const acc_t* w_t = w_r + v * n_i * row_len + p - v;
+                  INVOLUTION_UNROLL
+                  for (int64_t r = 0; r < RB; ++r) {
+                    const Vec<acc_t> wv(w_t[r]);
+                    INVOLUTION_UNROLL
+                    for (int64_t nv = 0; nv < NV; ++nv)
+                      acc[r][nv] = at::vec::fmadd(wv, gv[r - v + DenseK - 1][nv], acc[r][nv]);
+                  }
+                }
+                continue;
+              }
               for (const auto& tap : taps.by_phase[phi]) {
                 const acc_t* w_t = w_r + tap.v * n_i * row_len + tap.jofs;
                 const acc_t* go_t = go_r + tap.jofs * CG;
@@ -587,15 +743,28 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
               for (int64_t nv = 0; nv < NV; ++nv)
                 acc[r][nv].store(pixels.data() + ((m + r) * s + phi) * CG + nv * VS);
           };
-          const int64_t len = taps.phase_len[phi];
-          int64_t m = 0;
-          for (; m + R <= len; m += R) block(m, BlockSize<R>{});
-          for (; m < len; ++m) block(m, BlockSize<1>{});
+          for_each_pixel_block<R>(taps.phase_len[phi], block);
         }
         store_pixel_row(gx + b * gxs.b + g * CG * gxs.c + h * gxs.h, gxs, pixels.data(), CG, W);
       }
     }
   });
+}
+
+// The forward_cv_impl instance for this geometry: dense ones for K = 3 and 7 (RedNet's stems
+// and blocks), the general one otherwise.
+template <typename scalar_t, int64_t NV>
+inline auto forward_cv_kernel(const InvolutionShape& sh) {
+  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return &forward_cv_impl<scalar_t, NV, 7>;
+  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return &forward_cv_impl<scalar_t, NV, 3>;
+  return &forward_cv_impl<scalar_t, NV, 0>;
+}
+
+template <typename scalar_t, int64_t NV>
+inline auto grad_input_cv_kernel(const InvolutionShape& sh) {
+  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return &grad_input_cv_impl<scalar_t, NV, 7>;
+  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return &grad_input_cv_impl<scalar_t, NV, 3>;
+  return &grad_input_cv_impl<scalar_t, NV, 0>;
 }
 
 // Runs the channel-vectorised kernel when C/G is 1 or 2 vectors, else the general one.
@@ -630,8 +799,9 @@ void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* in
                                       static_cast<const scalar_t*>(weight),
                                       static_cast<scalar_t*>(output), output_strides);
     choose_kernel<at::opmath_type<scalar_t>>(
-        shape.channels_per_group(), [&] { std::apply(forward_cv_impl<scalar_t, 1>, args); },
-        [&] { std::apply(forward_cv_impl<scalar_t, 2>, args); },
+        shape.channels_per_group(),
+        [&] { std::apply(forward_cv_kernel<scalar_t, 1>(shape), args); },
+        [&] { std::apply(forward_cv_kernel<scalar_t, 2>(shape), args); },
         [&] { std::apply(forward_impl<scalar_t>, args); });
   });
 }
@@ -645,8 +815,9 @@ void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void*
                                       grad_output_strides, static_cast<const scalar_t*>(weight),
                                       static_cast<scalar_t*>(grad_input), grad_input_strides);
     choose_kernel<at::opmath_type<scalar_t>>(
-        shape.channels_per_group(), [&] { std::apply(grad_input_cv_impl<scalar_t, 1>, args); },
-        [&] { std::apply(grad_input_cv_impl<scalar_t, 2>, args); },
+        shape.channels_per_group(),
+        [&] { std::apply(grad_input_cv_kernel<scalar_t, 1>(shape), args); },
+        [&] { std::apply(grad_input_cv_kernel<scalar_t, 2>(shape), args); },
         [&] { std::apply(grad_input_impl<scalar_t>, args); });
   });
 }
