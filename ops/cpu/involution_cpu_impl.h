@@ -449,60 +449,47 @@ inline void transpose_block(Vec<acc_t>* rows) {
   }
 }
 
-// Copies n columns of CG channel rows (src + cg * src_c + col * src_w) into pixel-major
-// dst[col * CG + cg]. Whole blocks of Vec::size() columns and channels of unit-stride rows
-// of acc_t go through transpose_block; channels_last rows are plain copies.
-template <typename scalar_t, typename acc_t>
-void gather_pixels(acc_t* dst, const scalar_t* src, int64_t src_c, int64_t src_w, int64_t CG,
-                   int64_t n) {
-  constexpr int64_t N = Vec<acc_t>::size();
-  if (src_c == 1) {
-    for (int64_t col = 0; col < n; ++col) convert_copy(src + col * src_w, dst + col * CG, CG);
+// dst[cg * dst_c + col * dst_w] = src[cg * src_c + col * src_w] for cg < CG, col < n, converting
+// to dst_t: between NCHW rows (unit column stride) and pixel-major panels (unit channel
+// stride), blocks of N = Vec::size() channels x up to N columns go through transpose_block
+// (masked loads and stores for a last, partial block); between two channel-contiguous
+// layouts (channels_last) it copies pixels.
+template <typename dst_t, typename src_t>
+void copy_channels(dst_t* dst, int64_t dst_c, int64_t dst_w, const src_t* src, int64_t src_c,
+                   int64_t src_w, int64_t CG, int64_t n) {
+  if (src_c == 1 && dst_c == 1) {
+    for (int64_t col = 0; col < n; ++col) convert_copy(src + col * src_w, dst + col * dst_w, CG);
     return;
   }
-  int64_t col = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (src_w == 1 && CG % N == 0) {
-      for (; col + N <= n; col += N)
+  if constexpr (std::is_same_v<dst_t, src_t>) {
+    constexpr int64_t N = Vec<dst_t>::size();
+    const bool rows_in = src_w == 1 && dst_c == 1;   // NCHW rows -> pixel-major
+    const bool rows_out = src_c == 1 && dst_w == 1;  // pixel-major -> NCHW rows
+    if (CG % N == 0 && (rows_in || rows_out)) {
+      for (int64_t col = 0; col < n; col += N) {
+        const int64_t m = std::min(N, n - col);
         for (int64_t c0 = 0; c0 < CG; c0 += N) {
-          Vec<acc_t> rows[N];
-          INVOLUTION_UNROLL
-          for (int64_t k = 0; k < N; ++k) rows[k] = Vec<acc_t>::loadu(src + (c0 + k) * src_c + col);
-          transpose_block(rows);
-          INVOLUTION_UNROLL
-          for (int64_t k = 0; k < N; ++k) rows[k].store(dst + (col + k) * CG + c0);
+          Vec<dst_t> rows[N];
+          if (rows_in) {
+            INVOLUTION_UNROLL
+            for (int64_t k = 0; k < N; ++k) rows[k] = load(src + (c0 + k) * src_c + col, m);
+            transpose_block(rows);
+            for (int64_t k = 0; k < m; ++k) rows[k].store(dst + (col + k) * dst_w + c0);
+          } else {
+            for (int64_t k = 0; k < N; ++k)
+              rows[k] = k < m ? Vec<dst_t>::loadu(src + (col + k) * src_w + c0) : Vec<dst_t>(dst_t(0));
+            transpose_block(rows);
+            INVOLUTION_UNROLL
+            for (int64_t k = 0; k < N; ++k) rows[k].store(dst + (c0 + k) * dst_c + col, m);
+          }
         }
+      }
+      return;
     }
   }
   for (int64_t cg = 0; cg < CG; ++cg)
-    for (int64_t c = col; c < n; ++c) dst[c * CG + cg] = static_cast<acc_t>(src[cg * src_c + c * src_w]);
-}
-
-// The inverse: pixel-major src[col * CG + cg] to CG rows dst + cg * dst_c + col * dst_w.
-template <typename scalar_t, typename acc_t>
-void scatter_pixels(scalar_t* dst, int64_t dst_c, int64_t dst_w, const acc_t* src, int64_t CG,
-                    int64_t n) {
-  constexpr int64_t N = Vec<acc_t>::size();
-  if (dst_c == 1) {
-    for (int64_t col = 0; col < n; ++col) store_row(dst + col * dst_w, 1, src + col * CG, CG);
-    return;
-  }
-  int64_t col = 0;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (dst_w == 1 && CG % N == 0) {
-      for (; col + N <= n; col += N)
-        for (int64_t c0 = 0; c0 < CG; c0 += N) {
-          Vec<acc_t> rows[N];
-          INVOLUTION_UNROLL
-          for (int64_t k = 0; k < N; ++k) rows[k] = Vec<acc_t>::loadu(src + (col + k) * CG + c0);
-          transpose_block(rows);
-          INVOLUTION_UNROLL
-          for (int64_t k = 0; k < N; ++k) rows[k].store(dst + (c0 + k) * dst_c + col);
-        }
-    }
-  }
-  for (int64_t cg = 0; cg < CG; ++cg)
-    for (int64_t c = col; c < n; ++c) dst[cg * dst_c + c * dst_w] = static_cast<scalar_t>(src[c * CG + cg]);
+    for (int64_t col = 0; col < n; ++col)
+      dst[cg * dst_c + col * dst_w] = static_cast<dst_t>(src[cg * src_c + col * src_w]);
 }
 
 // Calls block(j, BlockSize<RB>) over [0, n): RB = R, then 4, 2 and 1 for the tail.
@@ -540,7 +527,7 @@ void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, in
     }
     std::fill(dst, dst + pc_lo * CG, acc_t(0));
     std::fill(dst + pc_hi * CG, dst + Wp * CG, acc_t(0));
-    gather_pixels(dst + pc_lo * CG, x_c0 + r * xs.h + (pc_lo - pad) * xs.w, xs.c, xs.w, CG,
+    copy_channels(dst + pc_lo * CG, 1, CG, x_c0 + r * xs.h + (pc_lo - pad) * xs.w, xs.c, xs.w, CG,
                   pc_hi - pc_lo);
   }
 }
@@ -549,7 +536,7 @@ void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, in
 template <typename scalar_t, typename acc_t>
 inline void store_pixel_row(scalar_t* out_c0_row, const Strides4& os, const acc_t* pixels,
                             int64_t CG, int64_t n) {
-  scatter_pixels(out_c0_row, os.c, os.w, pixels, CG, n);
+  copy_channels(out_c0_row, os.c, os.w, pixels, 1, CG, CG, n);
 }
 
 // DenseK = K > 0 for stride 1, dilation 1 and a K the kernel is built for: tap v of pixel
