@@ -1,15 +1,15 @@
-// The involution_mm operator library: schemas, argument checks and the Python module.
+// The involution_mm operator library: schemas, argument checks, output allocation, autocast
+// and the Python module.
 // Kernels are registered per device in cpu/involution_cpu.cpp and cuda/involution_cuda.cpp;
 // autograd and the fake (meta) kernels are registered from Python (involution_mm/ops).
 #include <Python.h>
+#include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include <sstream>
-
-#include "common/involution_checks.h"
+#include "common/involution_op.h"
 
 namespace involution_mm {
 namespace {
@@ -120,6 +120,21 @@ InvolutionShape check_grad_weight_args(const at::Tensor& grad_output, const at::
                     "involution: grad_output must have shape ", c10::IntArrayRef(expected),
                     ", got ", grad_output.sizes());
   return shape;
+}
+
+at::Tensor empty_output(const InvolutionShape& shape, const at::Tensor& input) {
+  return at::empty({shape.B, shape.C, shape.Ho, shape.Wo},
+                   input.options().memory_format(input.suggest_memory_format()));
+}
+
+at::Tensor empty_grad_input(const InvolutionShape& shape, const at::Tensor& grad_output) {
+  return at::empty({shape.B, shape.C, shape.H, shape.W},
+                   grad_output.options().memory_format(grad_output.suggest_memory_format()));
+}
+
+at::Tensor empty_grad_weight(const InvolutionShape& shape, const at::Tensor& input) {
+  return at::empty({shape.B, shape.G, shape.K, shape.K, shape.Ho, shape.Wo},
+                   input.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 namespace {

@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <string>
 
-#include "../common/involution_checks.h"
+#include "../common/involution_op.h"
 #include "involution_cpu_kernels.h"
 
 namespace involution_mm {
@@ -53,8 +53,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t ke
                    int64_t stride, int64_t dilation, int64_t padding) {
   const InvolutionShape shape =
       check_forward_args(input, weight, kernel_size, stride, dilation, padding);
-  at::Tensor output = at::empty({shape.B, shape.C, shape.Ho, shape.Wo},
-                                input.options().memory_format(input.suggest_memory_format()));
+  at::Tensor output = empty_output(shape, input);
   if (output.numel() == 0) return output;
   const at::Tensor w = weight.contiguous();
   kernels().forward(shape, input.scalar_type(), input.const_data_ptr(), strides_of(input),
@@ -67,8 +66,7 @@ at::Tensor grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
                       int64_t dilation, int64_t padding) {
   const InvolutionShape shape = check_grad_input_args(grad_output, weight, input_size,
                                                       kernel_size, stride, dilation, padding);
-  at::Tensor grad = at::empty({shape.B, shape.C, shape.H, shape.W},
-                              grad_output.options().memory_format(grad_output.suggest_memory_format()));
+  at::Tensor grad = empty_grad_input(shape, grad_output);
   if (grad.numel() == 0) return grad;
   const at::Tensor w = weight.contiguous();
   kernels().grad_input(shape, grad_output.scalar_type(), grad_output.const_data_ptr(),
@@ -82,8 +80,7 @@ at::Tensor grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
                        int64_t groups) {
   const InvolutionShape shape = check_grad_weight_args(grad_output, input, kernel_size, stride,
                                                        dilation, padding, groups);
-  at::Tensor grad = at::empty({shape.B, shape.G, shape.K, shape.K, shape.Ho, shape.Wo},
-                              input.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad = empty_grad_weight(shape, input);
   if (grad.numel() == 0) return grad;
   kernels().grad_weight(shape, input.scalar_type(), grad_output.const_data_ptr(),
                         strides_of(grad_output), input.const_data_ptr(), strides_of(input),

@@ -8,7 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../common/involution_checks.h"
+#include "../common/involution_op.h"
 #include "involution_cuda.h"
 
 namespace involution_mm {
@@ -20,8 +20,7 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t ke
   const InvolutionShape shape =
       check_forward_args(input, weight, kernel_size, stride, dilation, padding);
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor output = at::empty({shape.B, shape.C, shape.Ho, shape.Wo},
-                                input.options().memory_format(input.suggest_memory_format()));
+  at::Tensor output = empty_output(shape, input);
   if (output.numel() == 0) return output;
   const at::Tensor w = weight.contiguous();
   forward_cuda(shape, input, w, output);
@@ -34,9 +33,7 @@ at::Tensor grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
   const InvolutionShape shape = check_grad_input_args(grad_output, weight, input_size,
                                                       kernel_size, stride, dilation, padding);
   const c10::cuda::CUDAGuard guard(grad_output.device());
-  at::Tensor grad = at::empty(
-      {shape.B, shape.C, shape.H, shape.W},
-      grad_output.options().memory_format(grad_output.suggest_memory_format()));
+  at::Tensor grad = empty_grad_input(shape, grad_output);
   if (grad.numel() == 0) return grad;
   const at::Tensor w = weight.contiguous();
   grad_input_cuda(shape, grad_output, w, grad);
@@ -49,8 +46,7 @@ at::Tensor grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
   const InvolutionShape shape = check_grad_weight_args(grad_output, input, kernel_size, stride,
                                                        dilation, padding, groups);
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor grad = at::empty({shape.B, shape.G, shape.K, shape.K, shape.Ho, shape.Wo},
-                              input.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad = empty_grad_weight(shape, input);
   if (grad.numel() == 0) return grad;
   grad_weight_cuda(shape, grad_output, input, grad);
   return grad;

@@ -2,7 +2,7 @@
 // involution_backward.cu, called by involution_cuda.cpp).
 //
 // Preconditions, established by the callers in involution_cuda.cpp: the arguments passed the
-// checks of common/involution_checks.h, every tensor is on the current CUDA device (a
+// checks of common/involution_op.h, every tensor is on the current CUDA device (a
 // CUDAGuard is active), the result tensor has numel() > 0, `weight` and `grad_weight` are
 // contiguous (B, G, K, K, Ho, Wo); the 4-d tensors may have any strides. The kernels run on
 // the current CUDA stream.

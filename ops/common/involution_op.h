@@ -1,6 +1,6 @@
-// Argument checks shared by the CPU and CUDA implementations. They run before any kernel,
-// so a bad call raises a Python ValueError/TypeError naming the problem instead of reading
-// out of bounds.
+// What the CPU and CUDA implementations share: argument checks, which run before any kernel
+// so that a bad call raises a Python ValueError naming the problem instead of reading out of
+// bounds, and the allocation of the outputs.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -21,5 +21,12 @@ InvolutionShape check_grad_input_args(const at::Tensor& grad_output, const at::T
 InvolutionShape check_grad_weight_args(const at::Tensor& grad_output, const at::Tensor& input,
                                        int64_t kernel_size, int64_t stride, int64_t dilation,
                                        int64_t padding, int64_t groups);
+
+// The outputs: out and grad_input take the memory format of the input they follow (so a
+// channels_last input gives channels_last results), grad_weight is a contiguous
+// (B, G, K, K, Ho, Wo).
+at::Tensor empty_output(const InvolutionShape& shape, const at::Tensor& input);
+at::Tensor empty_grad_input(const InvolutionShape& shape, const at::Tensor& grad_output);
+at::Tensor empty_grad_weight(const InvolutionShape& shape, const at::Tensor& input);
 
 }  // namespace involution_mm
