@@ -3,11 +3,13 @@
 Times forward and forward+backward on the RedNet-50 shapes (C = 64/128/256/512 at
 56/28/14/7, G = C/16, K = 7), interleaving the methods in one process so that machine noise
 hits them alike, and reports medians, ratios, the achieved bandwidth against the op's
-memory-traffic lower bound, and the peak extra memory of forward+backward (each method in a
-fresh process, from the high-water mark of its resident memory, so scratch buffers that
-bypass torch's allocator count too). Writes JSON with the machine, versions and command.
+memory-traffic lower bound, and the peak extra memory of forward+backward. On CPU each memory
+measurement runs in a fresh process and reads the high-water mark of its resident memory, so
+scratch buffers that bypass torch's allocator count too; on CUDA it is the growth of
+torch.cuda.max_memory_allocated. Writes JSON with the machine, versions and command.
 
     python tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
+    python tools/benchmark_op.py --device cuda --dtype float16 --out work_dirs/op_cuda_fp16.json
 """
 import argparse
 import json
@@ -30,7 +32,9 @@ METHODS = ('involution_mm', 'unfold_reference', 'depthwise_conv')
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='work_dirs/benchmark_op_cpu.json', help='JSON file')
-    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 8])
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=None,
+                        help='default: 1 8 on CPU, 32 64 on CUDA')
     parser.add_argument('--shapes', nargs='+', default=None,
                         help='C:H pairs, e.g. 64:56 128:28 (default: the RedNet-50 shapes)')
     parser.add_argument('--repeats', type=int, default=15, help='timed runs per method')
@@ -44,6 +48,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
+                     f'is False; torch {torch.__version__})')
+    if args.batch_sizes is None:
+        args.batch_sizes = [32, 64] if args.device == 'cuda' else [1, 8]
     if any(b < 1 for b in args.batch_sizes):
         parser.error('--batch-sizes must be positive')
     args.shape_list = SHAPES if args.shapes is None else [_parse_shape(parser, s) for s in args.shapes]
@@ -61,24 +70,26 @@ def _parse_shape(parser, text):
     return c, h
 
 
-def make_case(method, batch, channels, size, dtype, requires_grad):
+def make_case(method, batch, channels, size, dtype, requires_grad, device='cpu'):
     """Inputs of one method; every method computes the same multiply-adds."""
     from involution_mm.ops import involution, involution_reference
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    x = randn(batch, channels, size, size)
     if method == 'depthwise_conv':
-        w = torch.randn(channels, 1, KERNEL_SIZE, KERNEL_SIZE, generator=gen, dtype=dtype)
+        w = randn(channels, 1, KERNEL_SIZE, KERNEL_SIZE)
         fn = lambda a, b: F.conv2d(a, b, padding=KERNEL_SIZE // 2, groups=channels)  # noqa: E731
     else:
         groups = channels // GROUP_CHANNELS
-        w = torch.randn(batch, groups, KERNEL_SIZE, KERNEL_SIZE, size, size, generator=gen,
-                        dtype=dtype)
+        w = randn(batch, groups, KERNEL_SIZE, KERNEL_SIZE, size, size)
         op = involution if method == 'involution_mm' else involution_reference
         fn = lambda a, b: op(a, b, KERNEL_SIZE)  # noqa: E731
     x.requires_grad_(requires_grad)
     w.requires_grad_(requires_grad)
-    grad_out = torch.randn(batch, channels, size, size, generator=gen, dtype=dtype)
-    return fn, x, w, grad_out
+    return fn, x, w, randn(batch, channels, size, size)
 
 
 def run_once(fn, x, w, grad_out, backward):
@@ -90,16 +101,19 @@ def run_once(fn, x, w, grad_out, backward):
             fn(x, w)
 
 
-def time_methods(batch, channels, size, dtype, backward, repeats):
-    """Median seconds per method, methods interleaved run by run."""
-    cases = {m: make_case(m, batch, channels, size, dtype, backward) for m in METHODS}
+def time_methods(batch, channels, size, dtype, backward, repeats, device='cpu'):
+    """Median seconds per method, methods interleaved run by run (CUDA: synchronised)."""
+    cases = {m: make_case(m, batch, channels, size, dtype, backward, device) for m in METHODS}
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
     for case in cases.values():  # warm-up
         run_once(*case, backward)
     samples = {m: [] for m in METHODS}
     for _ in range(repeats):
         for method, case in cases.items():
+            sync()
             start = time.perf_counter()
             run_once(*case, backward)
+            sync()
             samples[method].append(time.perf_counter() - start)
     return {m: statistics.median(v) for m, v in samples.items()}
 
@@ -125,6 +139,16 @@ def memory_probe(method, batch, channels, size, dtype):
 
 
 def measure_memory(method, batch, channels, size, args):
+    if args.device == 'cuda':
+        fn, x, w, grad_out = make_case(method, batch, channels, size, getattr(torch, args.dtype),
+                                       True, 'cuda')
+        needed = 2 * x.numel() * x.element_size() + w.numel() * w.element_size()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.max_memory_allocated()
+        run_once(fn, x, w, grad_out, True)
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - before - needed)
     cmd = [sys.executable, os.path.abspath(__file__), '--dtype', args.dtype,
            '--memory-probe', method, str(batch), str(channels), str(size)]
     if args.threads:
@@ -140,22 +164,24 @@ def lower_bound_bytes(batch, channels, size, dtype):
     return batch * channels * size * size * per_output
 
 
-def copy_bandwidth(dtype):
+def copy_bandwidth(dtype, device='cpu'):
     """Bytes/s of a large tensor copy (read + write): what memory can give on this machine."""
-    src = torch.randn(64 * 2 ** 20 // 4).to(dtype)
+    src = torch.randn(256 * 2 ** 20 // 4).to(device=device, dtype=dtype)
     dst = torch.empty_like(src)
-    dst.copy_(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(10))
-    return 2 * src.numel() * src.element_size() / best
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+
+    def timed():
+        sync()
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        return time.perf_counter() - start
+
+    timed()
+    return 2 * src.numel() * src.element_size() / min(timed() for _ in range(10))
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def machine_info():
+def machine_info(device):
     cpu = platform.processor()
     try:
         with open('/proc/cpuinfo') as f:
@@ -163,13 +189,17 @@ def machine_info():
     except (OSError, StopIteration):
         pass
     import involution_mm
-    return {
+    info = {
         'platform': platform.platform(), 'cpu': cpu, 'logical_cores': os.cpu_count(),
         'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
         'torch': torch.__version__, 'involution_mm': involution_mm.__version__,
-        'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa()
-        if involution_mm.ops.HAS_EXTENSION else 'reference (no extension)',
+        'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa(),
     }
+    if device == 'cuda':
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2 ** 30,
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
 
 
 def format_table(rows):
@@ -207,8 +237,8 @@ def main(argv=None):
     rows = []
     for batch in args.batch_sizes:
         for channels, size in args.shape_list:
-            fwd = time_methods(batch, channels, size, dtype, False, args.repeats)
-            fb = time_methods(batch, channels, size, dtype, True, args.repeats)
+            fwd = time_methods(batch, channels, size, dtype, False, args.repeats, args.device)
+            fb = time_methods(batch, channels, size, dtype, True, args.repeats, args.device)
             elem = torch.empty((), dtype=dtype).element_size()
             x_bytes = batch * channels * size * size * elem
             w_bytes = x_bytes * KERNEL_SIZE ** 2 // GROUP_CHANNELS
@@ -237,11 +267,13 @@ def main(argv=None):
                   f'unfold {row["forward_ms"]["unfold_reference"]:.1f} ms', flush=True)
     result = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'machine': machine_info(), 'dtype': args.dtype, 'repeats': args.repeats,
-        'copy_bandwidth_gbps': copy_bandwidth(dtype) / 1e9,
+        'machine': machine_info(args.device), 'device': args.device, 'dtype': args.dtype,
+        'repeats': args.repeats,
+        'copy_bandwidth_gbps': copy_bandwidth(dtype, args.device) / 1e9,
         'notes': 'times are medians of interleaved runs; extra_peak_mib is the growth of the '
-                 'resident-memory high-water mark during one forward+backward beyond the '
-                 'inputs, output and gradients; achieved_gbps = forward lower-bound bytes '
+                 'resident-memory high-water mark (CPU) or of max_memory_allocated (CUDA) '
+                 'during one forward+backward beyond the inputs, output and gradients; '
+                 'achieved_gbps = forward lower-bound bytes '
                  '(x read, out written, weight read once) / forward time',
         'results': rows,
     }
