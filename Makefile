@@ -9,7 +9,7 @@ EXT_SRC := $(wildcard ops/*.cpp ops/*.h ops/*.cu ops/*/*.cpp ops/*/*.h ops/*/*.c
 EXT     := $(VENV)/.ext-built
 JOBS    ?= 2
 
-.PHONY: env test demo bench clean-ext
+.PHONY: env test demo data bench clean-ext
 
 env: $(EXT)
 
@@ -33,10 +33,16 @@ $(EXT): $(STAMP) $(EXT_SRC)
 test: env
 	$(VPY) -m pytest -q tests
 
-# The main job, until the detection/segmentation demo lands: the op benchmark.
-demo: bench
+# The main job on embedded data: make the synthetic COCO/Cityscapes data, train Mask R-CNN
+# and Semantic FPN RedNet-50 from scratch on CPU, evaluate them (AP, mIoU), save pictures
+# of predictions and loss curves under work_dirs/demo/.
+demo: env
+	$(VPY) tools/demo.py
 
-# The op against unfold and a depthwise 7x7 conv on the RedNet-50 shapes (JSON + table).
+# The synthetic COCO- and Cityscapes-format datasets under data/ (seconds).
+data: env
+	$(VPY) tools/dataset_converters/make_synthetic_data.py
+
 bench: env
 	$(VPY) tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
 

@@ -334,7 +334,15 @@ class RedNet(BaseModule):
                 checkpoint = cfg.get('checkpoint') if isinstance(cfg, dict) else None
                 if isinstance(checkpoint, str) and '://' not in checkpoint:
                     from ...utils.checkpoint import check_checkpoint_file
-                    check_checkpoint_file(checkpoint)  # fail fast, naming the file
+                    try:
+                        check_checkpoint_file(checkpoint)  # fail fast, naming the file
+                    except FileNotFoundError as err:
+                        raise FileNotFoundError(
+                            f'{err} For the official ImageNet-pretrained RedNet, download its '
+                            'checkpoint (github.com/d-li14/involution) and convert it: '
+                            '`python tools/convert_official_checkpoint.py OFFICIAL.pth '
+                            f'{checkpoint}`; or set init_cfg=None to train from '
+                            'scratch.') from None
         super().init_weights()
         if self.zero_init_residual and not self._has_pretrained_init():
             for m in self.modules():

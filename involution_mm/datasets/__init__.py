@@ -1,0 +1,6 @@
+"""Small synthetic datasets in the layouts of COCO and Cityscapes (see :mod:`.synthetic`)."""
+from .synthetic import (CITYSCAPES_SYNTH_CLASSES, COCO_CATEGORIES, COCO_SYNTH_CLASSES,
+                        make_synthetic_cityscapes, make_synthetic_coco)
+
+__all__ = ['COCO_CATEGORIES', 'COCO_SYNTH_CLASSES', 'CITYSCAPES_SYNTH_CLASSES',
+           'make_synthetic_coco', 'make_synthetic_cityscapes']

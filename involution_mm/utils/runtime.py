@@ -1,0 +1,298 @@
+"""What ``tools/train.py`` and ``tools/test.py`` do around mmengine's Runner.
+
+One pair of tools serves mmdet, mmseg and mmpretrain configs (the config's
+``default_scope`` says which), and the same config runs unchanged on GPUs and on a CPU-only
+machine:
+
+* :func:`adapt_cfg_to_machine`: without CUDA, SyncBN becomes BN (SyncBN needs CUDA, also
+  under gloo), the NCCL backend becomes gloo, and the DDP wrapper gets no device ids.
+* :func:`init_cpu_distributed`: without CUDA, the process group (gloo) is started here,
+  because mmengine's ``init_dist`` calls ``torch.cuda.set_device`` first, which a CPU build
+  of torch does not have.
+* :func:`check_checkpoint_files`: every checkpoint a run will read (backbone ``init_cfg``
+  of type Pretrained, ``pretrained``, ``load_from``, the test checkpoint) is checked before
+  anything is built, so a missing file stops the run at once with a message that names the
+  file, the config key and how to get or convert the file (nothing is downloaded).
+* :func:`check_scope_available`: an mmpretrain config on a machine where
+  ``mmpretrain.models`` does not import (no torchvision) stops with that reason.
+"""
+import importlib
+import os
+import os.path as osp
+import subprocess
+from datetime import timedelta
+
+import torch
+
+#: the norm types that need CUDA (torch's SyncBatchNorm, mmcv's SyncBatchNorm)
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'TorchSyncBN', 'SyncBatchNorm', 'nn.SyncBatchNorm')
+
+#: environment variable that lets URLs through :func:`check_checkpoint_files`
+ALLOW_DOWNLOAD_ENV = 'INVOLUTION_MM_ALLOW_DOWNLOAD'
+
+CONVERT_HINT = (
+    'Nothing is downloaded by these tools. To use the official ImageNet-pretrained RedNet, '
+    'download its checkpoint from https://github.com/d-li14/involution (README, "ImageNet '
+    'Classification", e.g. rednet50-1c2ff5a8.pth for RedNet-50) and convert it:\n'
+    '    python tools/convert_official_checkpoint.py rednet50-1c2ff5a8.pth {path}\n'
+    'or train from scratch without it: --cfg-options model.backbone.init_cfg=None')
+LOAD_HINT = (
+    'Give an existing local checkpoint: one written by tools/train.py (work_dirs/...), or '
+    'an official RedNet detection/segmentation model converted with\n'
+    '    python tools/convert_official_checkpoint.py OFFICIAL.pth {path} --config CONFIG')
+
+
+class CheckpointFileError(FileNotFoundError):
+    """A checkpoint named by the config or the command line is missing (or is a URL)."""
+
+
+class UnsupportedSetupError(RuntimeError):
+    """The run asks for something this machine cannot do (AMP without CUDA, mmpretrain
+    without torchvision); the message says what and why."""
+
+
+def cuda_available():
+    return torch.cuda.is_available()
+
+
+def config_scope(cfg):
+    """'mmdet', 'mmseg', 'mmpretrain' or whatever ``default_scope`` the config sets."""
+    return cfg.get('default_scope', None) or 'mmengine'
+
+
+def check_scope_available(cfg):
+    """Raises :class:`UnsupportedSetupError` if the models of the config's scope do not
+    import here (mmpretrain.models needs torchvision)."""
+    scope = config_scope(cfg)
+    if scope not in ('mmdet', 'mmseg', 'mmpretrain'):
+        return
+    try:
+        importlib.import_module(f'{scope}.models')
+    except Exception as err:
+        extra = ''
+        if scope == 'mmpretrain':
+            extra = (' mmpretrain.models imports torchvision, which has no build for this '
+                     'CPU torch; classification configs run where torchvision installs.')
+        raise UnsupportedSetupError(
+            f'this is an {scope} config, but {scope}.models does not import here '
+            f'({type(err).__name__}: {err}).{extra}') from err
+
+
+# ---------------------------------------------------------------------------- device
+
+def _walk(node, fn):
+    """Calls fn(dict) for every dict inside node (dicts and lists, recursively)."""
+    if isinstance(node, dict):
+        fn(node)
+        for value in node.values():
+            _walk(value, fn)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _walk(value, fn)
+
+
+def replace_sync_bn(cfg_node):
+    """Replaces every ``type=SyncBN`` (and mmcv's MMSyncBN) by ``BN`` in a config (in
+    place); returns how many were replaced."""
+    count = [0]
+
+    def fn(d):
+        if d.get('type') in SYNC_BN_TYPES:
+            d['type'] = 'BN'
+            count[0] += 1
+
+    _walk(cfg_node, fn)
+    return count[0]
+
+
+def adapt_cfg_to_machine(cfg, launcher='none', amp=False):
+    """Makes a published (GPU) config run here, in place. Returns notes of what changed.
+
+    With CUDA nothing changes. Without CUDA: SyncBN -> BN (mmengine reverts SyncBN only for
+    non-distributed runs, and SyncBN needs CUDA in distributed ones too), NCCL -> gloo, and
+    for distributed runs a DDP wrapper without device ids (CPU modules).
+    ``amp=True`` without CUDA raises :class:`UnsupportedSetupError`: mmengine's
+    AmpOptimWrapper asserts CUDA.
+    """
+    notes = []
+    if cuda_available():
+        return notes
+    if amp:
+        raise UnsupportedSetupError(
+            '--amp needs a CUDA GPU: mmengine\'s AmpOptimWrapper supports CUDA only, and '
+            'torch.cuda.is_available() is False here. Run without --amp on CPU.')
+    n = replace_sync_bn(cfg._cfg_dict if hasattr(cfg, '_cfg_dict') else cfg)
+    if n:
+        notes.append(f'no CUDA: {n} SyncBN norm config(s) -> BN')
+    if cfg.get('sync_bn', None):
+        cfg.sync_bn = None
+        notes.append('no CUDA: sync_bn conversion disabled')
+    env_cfg = cfg.get('env_cfg', None)
+    if env_cfg is None:
+        cfg.env_cfg = env_cfg = dict()
+    dist_cfg = env_cfg.get('dist_cfg', None)
+    if dist_cfg is None:
+        env_cfg['dist_cfg'] = dist_cfg = dict()
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        notes.append(f"no CUDA: distributed backend {dist_cfg.get('backend', 'nccl')!r} -> "
+                     "'gloo'")
+        dist_cfg['backend'] = 'gloo'
+    if env_cfg.get('cudnn_benchmark'):
+        env_cfg['cudnn_benchmark'] = False
+    if launcher != 'none':
+        wrapper = cfg.get('model_wrapper_cfg', None)
+        if wrapper is None:
+            cfg.model_wrapper_cfg = dict(
+                type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+                find_unused_parameters=cfg.get('find_unused_parameters', False))
+            notes.append('no CUDA: DDP on CPU modules (device_ids=None)')
+        elif wrapper.get('type', 'MMDistributedDataParallel') in (
+                'MMDistributedDataParallel', 'DistributedDataParallel'):
+            wrapper['device_ids'] = None
+    return notes
+
+
+def _slurm_master_addr():
+    nodelist = os.environ.get('SLURM_NODELIST') or os.environ.get('SLURM_JOB_NODELIST')
+    if not nodelist:
+        return '127.0.0.1'
+    try:
+        out = subprocess.run(['scontrol', 'show', 'hostname', nodelist], check=True,
+                             capture_output=True, text=True).stdout
+        return out.split()[0]
+    except Exception:
+        return nodelist.split(',')[0]
+
+
+def init_cpu_distributed(launcher, backend='gloo', timeout=None):
+    """Starts the gloo process group for ``launcher`` (pytorch/slurm/mpi) on a machine
+    without CUDA, from the environment the launcher sets; a no-op with CUDA (mmengine does
+    it then), for launcher 'none', or if a group exists. Returns True if it started one."""
+    import torch.distributed as dist
+    if launcher == 'none' or cuda_available() or not dist.is_available() \
+            or dist.is_initialized():
+        return False
+    env = os.environ
+    if launcher == 'pytorch':
+        rank, world, local = env.get('RANK'), env.get('WORLD_SIZE'), env.get('LOCAL_RANK')
+        if rank is None or world is None:
+            raise UnsupportedSetupError(
+                '--launcher pytorch expects RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT in the '
+                'environment: start it with torchrun (tools/dist_train.sh)')
+    elif launcher == 'slurm':
+        rank, world, local = env['SLURM_PROCID'], env['SLURM_NTASKS'], env.get('SLURM_LOCALID')
+        env.setdefault('MASTER_PORT', '29500')
+        env.setdefault('MASTER_ADDR', _slurm_master_addr())
+    elif launcher == 'mpi':
+        rank = env.get('OMPI_COMM_WORLD_RANK', env.get('PMI_RANK'))
+        world = env.get('OMPI_COMM_WORLD_SIZE', env.get('PMI_SIZE'))
+        local = env.get('OMPI_COMM_WORLD_LOCAL_RANK', env.get('MPI_LOCALRANKID', '0'))
+        env.setdefault('MASTER_PORT', '29500')
+        env.setdefault('MASTER_ADDR', '127.0.0.1')
+    else:
+        raise ValueError(f'unknown launcher {launcher!r}')
+    env['RANK'], env['WORLD_SIZE'] = str(rank), str(world)
+    env['LOCAL_RANK'] = str(local if local is not None else 0)
+    kwargs = {}
+    if timeout is not None:
+        kwargs['timeout'] = timedelta(seconds=timeout)
+    dist.init_process_group(backend=backend, rank=int(rank), world_size=int(world), **kwargs)
+    return True
+
+
+def finish_distributed():
+    """Waits for every rank, then closes the process group, so that no rank exits while
+    another still talks to it (with gloo, a peer that closes its connections early can make
+    the others abort at exit)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+def _is_url(path):
+    return '://' in str(path)
+
+
+def pretrained_checkpoints(cfg):
+    """(config key, path) of every checkpoint that initialising ``cfg.model`` reads."""
+    found = []
+
+    def visit(node, key):
+        if isinstance(node, dict):
+            if node.get('type') == 'Pretrained' and node.get('checkpoint'):
+                found.append((key + '.checkpoint', node['checkpoint']))
+            pretrained = node.get('pretrained')
+            if isinstance(pretrained, str) and pretrained:
+                found.append((key + '.pretrained', pretrained))
+            for k, v in node.items():
+                visit(v, f'{key}.{k}')
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                visit(v, f'{key}[{i}]')
+
+    visit(cfg.get('model', {}), 'model')
+    return found
+
+
+def check_checkpoint_files(cfg, training=True, extra=()):
+    """Raises :class:`CheckpointFileError` for the first checkpoint the run would read that
+    is not a local file: the model's pretrained weights (when ``training``; a test loads a
+    whole checkpoint instead), ``cfg.load_from`` and ``extra`` ((what, path) pairs).
+    URLs are refused too (they would hang or fail on a machine without network) unless the
+    environment sets ``INVOLUTION_MM_ALLOW_DOWNLOAD=1``."""
+    items = []
+    if training:
+        items += [(k, p, CONVERT_HINT) for k, p in pretrained_checkpoints(cfg)]
+    if cfg.get('load_from', None):
+        items.append(('load_from', cfg.load_from, LOAD_HINT))
+    items += [(k, p, LOAD_HINT) for k, p in extra]
+    allow_urls = os.environ.get(ALLOW_DOWNLOAD_ENV, '') == '1'
+    for key, path, hint in items:
+        if _is_url(path):
+            if allow_urls:
+                continue
+            raise CheckpointFileError(
+                f'{key} = {path!r} is a URL. These tools read local files only (set '
+                f'{ALLOW_DOWNLOAD_ENV}=1 to let mmengine download it). '
+                + hint.format(path='LOCAL.pth'))
+        if not osp.isfile(osp.expanduser(str(path))):
+            raise CheckpointFileError(
+                f'checkpoint file not found: {key} = {path!r} (looked for '
+                f'{osp.abspath(osp.expanduser(str(path)))}).\n' + hint.format(path=path))
+
+
+# ----------------------------------------------------------------------------- metrics
+
+#: the headline metric(s) of each task, in the order printed
+HEADLINE_KEYS = ('coco/bbox_mAP', 'coco/segm_mAP', 'bbox_mAP', 'segm_mAP', 'mIoU',
+                 'accuracy/top1')
+
+
+def headline_metrics(metrics):
+    """{short name: value} of the main metrics (bbox_mAP, segm_mAP, mIoU, top1)."""
+    out = {}
+    for key in HEADLINE_KEYS:
+        if key in metrics:
+            value = metrics[key]
+            if hasattr(value, 'item') and getattr(value, 'ndim', 0) == 0:
+                value = value.item()
+            out[key.split('/')[-1]] = value
+    return out
+
+
+def format_metrics(metrics, title='results'):
+    lines = [f'===== {title} =====']
+    for key, value in metrics.items():
+        if hasattr(value, 'item') and getattr(value, 'ndim', 0) == 0:
+            value = value.item()  # numpy/torch scalars (mmseg's mIoU is a numpy float)
+        if isinstance(value, float):
+            value = f'{value:.4f}'
+        lines.append(f'{key}: {value}')
+    head = headline_metrics(metrics)
+    if head:
+        lines.append('RESULT ' + ' '.join(
+            f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in head.items()))
+    return '\n'.join(lines)

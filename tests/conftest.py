@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny synthetic datasets and how to run the tools on them."""
+import os
+import os.path as osp
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DET_DEMO = 'configs/demo/mask_rcnn_rednet50_fpn_synthetic.py'
+SEG_DEMO = 'configs/demo/fpn_rednet50_synthetic.py'
+
+
+@pytest.fixture(scope='session')
+def synthetic_data(tmp_path_factory):
+    """Tiny synthetic COCO (8 train, 4 val, 128x128) and Cityscapes (6 train, 3 val,
+    256x128) datasets, made once per session; returns their roots."""
+    from involution_mm.datasets import make_synthetic_cityscapes, make_synthetic_coco
+    root = tmp_path_factory.mktemp('synthetic_data')
+    coco = str(root / 'synthetic_coco')
+    city = str(root / 'synthetic_cityscapes')
+    make_synthetic_coco(coco, num_train=8, num_val=4, size=128, seed=1)
+    make_synthetic_cityscapes(city, num_train=6, num_val=3, seed=1)
+    return dict(coco=coco + '/', cityscapes=city + '/')
+
+
+def det_data_options(data):
+    """--cfg-options that point the Mask R-CNN demo config at ``data['coco']``, with small
+    batches."""
+    root = data['coco']
+    ann = root + 'annotations/instances_val2017.json'
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}', f'test_evaluator.ann_file={ann}',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+            'test_dataloader.persistent_workers=False']
+
+
+def seg_data_options(data):
+    root = data['cityscapes']
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+            'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+            'test_dataloader.persistent_workers=False']
+
+
+def schedule_options(iters, ckpt_interval=None, log_interval=1):
+    return [f'train_cfg.max_iters={iters}',
+            f'default_hooks.checkpoint.interval={ckpt_interval or iters}',
+            f'default_hooks.logger.interval={log_interval}']
+
+
+def tool_env(**extra):
+    env = dict(os.environ)
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    env['PYTHONUNBUFFERED'] = '1'
+    env.update(extra)
+    return env
+
+
+def run_tool(args, timeout=600, **env):
+    """Runs ``python <args>`` in the repository root; returns the CompletedProcess with
+    stdout and stderr merged into ``.stdout``."""
+    return subprocess.run([sys.executable] + list(args), cwd=ROOT, env=tool_env(**env),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tools():
+    """Helpers for the tool tests (a fixture, so that no test imports another test file)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(
+        ROOT=ROOT, DET_DEMO=DET_DEMO, SEG_DEMO=SEG_DEMO, det_data_options=det_data_options,
+        seg_data_options=seg_data_options, schedule_options=schedule_options,
+        run_tool=run_tool, tool_env=tool_env, free_port=free_port)

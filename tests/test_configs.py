@@ -1,0 +1,195 @@
+"""Every config of configs/ loads with mmengine's Config.fromfile and builds on CPU.
+
+Built as the tools build them: ``import involution_mm`` (custom_imports), the config's
+default scope, no pretrained weights (init_cfg=None; nothing can be downloaded or read
+here), SyncBN as BN (no CUDA). The mmpretrain classification configs load everywhere but
+build only where mmpretrain.models imports (it needs torchvision).
+"""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.utils import import_modules_from_strings
+
+from involution_mm.ops import Involution
+from involution_mm.utils.runtime import (CheckpointFileError, adapt_cfg_to_machine,
+                                         check_checkpoint_files, pretrained_checkpoints,
+                                         replace_sync_bn)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                                                         recursive=True))
+DET = [c for c in CONFIGS if osp.basename(c).startswith(('mask_rcnn', 'faster_rcnn',
+                                                            'retinanet'))]
+SEG = [c for c in CONFIGS if osp.basename(c).startswith(('fpn_', 'upernet_'))]
+CLS = [c for c in CONFIGS if osp.basename(c).startswith('rednet')]
+
+
+def load(path):
+    return Config.fromfile(osp.join(ROOT, path))
+
+
+def test_the_configs_the_issue_names_exist():
+    names = {osp.basename(c) for c in CONFIGS}
+    wanted = {f'{m}_rednet50_{v}_coco.py' for m in ('mask_rcnn', 'faster_rcnn')
+              for v in ('fpn', 'neck_fpn', 'neck_fpn_head')}
+    wanted |= {'retinanet_rednet50_fpn_coco.py', 'retinanet_rednet50_neck_fpn_coco.py',
+               'fpn_rednet50_cityscapes.py', 'fpn_rednet50_neck_cityscapes.py',
+               'upernet_rednet50_cityscapes.py'}
+    wanted |= {f'rednet{d}_64xb32_in1k.py' for d in (26, 38, 50, 101, 152)}
+    wanted |= {'mask_rcnn_rednet50_fpn_synthetic.py', 'fpn_rednet50_synthetic.py'}
+    assert wanted <= names, sorted(wanted - names)
+
+
+def _stock_root(path):
+    """The first _base_ at the root of the config's inheritance chain."""
+    with open(osp.join(ROOT, path)) as f:
+        text = f.read()
+    line = next(ln for ln in text.splitlines() if ln.startswith('_base_'))
+    base = line.split('=', 1)[1].strip().strip('\'"')
+    if '::' in base:
+        return base
+    return _stock_root(osp.normpath(osp.join(osp.dirname(path), base)))
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_config_loads_inherits_stock_and_names_no_url(path):
+    cfg = load(path)
+    root = _stock_root(path)
+    assert root.split('::')[0] in ('mmdet', 'mmseg', 'mmpretrain'), root
+    assert cfg.default_scope == root.split('::')[0]
+    assert 'involution_mm' in cfg.custom_imports['imports']
+    assert cfg.model.backbone.type == 'RedNet'
+    for key, ckpt in pretrained_checkpoints(cfg):
+        assert '://' not in ckpt, (key, ckpt)
+    assert not cfg.get('load_from')
+
+
+def _prepare(cfg):
+    replace_sync_bn(cfg._cfg_dict)
+    cfg.model.backbone.init_cfg = None
+    if 'pretrained' in cfg.model:
+        cfg.model.pretrained = None
+    return cfg
+
+
+def build(cfg):
+    import_modules_from_strings(**cfg.custom_imports)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        return ROOT_MODELS.build(cfg.model)
+
+
+@pytest.mark.parametrize('path', DET + SEG)
+def test_config_builds_on_cpu(path):
+    model = build(_prepare(load(path)))
+    name = osp.basename(path)
+    assert type(model.backbone).__name__ == 'RedNet'
+    assert model.backbone.depth == 50 and model.backbone.stem_kernel_size == 7
+    neck = getattr(model, 'neck', None)
+    if '_neck' in name:
+        assert type(neck).__name__ == 'InvolutionFPN'
+        assert isinstance(neck.fpn_convs[0], Involution)
+    elif neck is not None:
+        assert type(neck).__name__ == 'FPN'
+    if name.endswith('_neck_fpn_head_coco.py'):
+        assert isinstance(model.rpn_head.rpn_conv, Involution)
+        if name.startswith('mask_rcnn'):
+            assert type(model.roi_head.mask_head).__name__ == 'InvolutionFCNMaskHead'
+    if path in SEG:
+        assert type(model.decode_head).__name__ in ('FPNHead', 'UPerHead')
+        assert model.decode_head.num_classes == 19
+
+
+def test_official_schedules():
+    def sched(path):
+        cfg = load(path)
+        warmup = cfg.param_scheduler[0]
+        clip = cfg.optim_wrapper.get('clip_grad')
+        return warmup['end'], clip['max_norm'] if clip else None, cfg.optim_wrapper.optimizer.lr
+    for m in ('mask_rcnn', 'faster_rcnn'):
+        assert sched(f'configs/{m}_rednet50_fpn_coco.py') == (500, None, 0.02)
+        assert sched(f'configs/{m}_rednet50_neck_fpn_coco.py') == (2000, None, 0.02)
+        assert sched(f'configs/{m}_rednet50_neck_fpn_head_coco.py') == (2000, 5, 0.02)
+    assert sched('configs/retinanet_rednet50_fpn_coco.py') == (2000, None, 0.01)
+    assert sched('configs/retinanet_rednet50_neck_fpn_coco.py') == (2000, 40, 0.01)
+    for path in SEG:
+        cfg = load(path)
+        if 'synthetic' in path:
+            continue
+        assert cfg.train_cfg.max_iters == 80000
+        assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
+        assert cfg.train_pipeline[3]['crop_size'] == (512, 1024)
+    for path in CLS:
+        cfg = load(path)
+        opt = cfg.optim_wrapper.optimizer
+        assert (opt.type, opt.lr, opt.nesterov, opt.weight_decay) == ('SGD', 0.8, True, 1e-4)
+        assert cfg.train_cfg.max_epochs == 130
+        assert cfg.train_dataloader.batch_size == 32 and cfg.auto_scale_lr.base_batch_size == 2048
+        assert cfg.model.head.loss.type == 'LabelSmoothLoss'
+        assert cfg.model.head.loss.label_smooth_val == 0.1
+        assert cfg.param_scheduler[1]['end'] == 130
+        assert cfg.model.backbone.stem_kernel_size == 3
+
+
+@pytest.mark.parametrize('path', CLS)
+def test_classification_config_builds_where_mmpretrain_models_imports(path):
+    cfg = load(path)
+    depth = int(osp.basename(path)[len('rednet'):].split('_')[0])
+    assert cfg.model.backbone.depth == depth
+    try:
+        import mmpretrain.models  # noqa: F401
+    except Exception as err:
+        pytest.skip(f'mmpretrain.models does not import here ({type(err).__name__}: {err}); '
+                    'it needs torchvision, which has no build for this CPU torch')
+    model = build(_prepare(cfg))
+    assert type(model.backbone).__name__ == 'RedNet'
+
+
+def test_cpu_adaptation_replaces_syncbn_and_nccl():
+    cfg = load('configs/upernet_rednet50_cityscapes.py')
+    notes = adapt_cfg_to_machine(cfg, launcher='pytorch')
+    import torch
+    if torch.cuda.is_available():
+        assert notes == []
+        return
+    assert cfg.model.backbone.norm_cfg.type == 'BN'
+    assert cfg.model.decode_head.norm_cfg.type == 'BN'
+    assert cfg.model.auxiliary_head.norm_cfg.type == 'BN'
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.device_ids is None
+
+
+def test_missing_pretrained_file_is_named_with_how_to_convert(tmp_path):
+    cfg = load('configs/mask_rcnn_rednet50_fpn_coco.py')
+    cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'nope' / 'rednet50.pth')
+    with pytest.raises(CheckpointFileError) as info:
+        check_checkpoint_files(cfg)
+    msg = str(info.value)
+    assert 'rednet50.pth' in msg and 'model.backbone.init_cfg.checkpoint' in msg
+    assert 'tools/convert_official_checkpoint.py' in msg
+    # a test run does not read the pretrained file, only its own checkpoint
+    check_checkpoint_files(cfg, training=False)
+    cfg.load_from = 'https://example.com/x.pth'
+    with pytest.raises(CheckpointFileError, match='is a URL'):
+        check_checkpoint_files(cfg, training=False)
+
+
+def test_get_flops_rednet50_classifier(capsys):
+    import runpy
+    import sys
+    tool = osp.join(ROOT, 'tools', 'analysis', 'get_flops.py')
+    argv = sys.argv
+    sys.argv = [tool, osp.join(ROOT, 'configs', 'rednet50_64xb32_in1k.py')]
+    try:
+        runpy.run_path(tool, run_name='__main__')
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out
+    assert 'params: 15.54 M' in out  # the published RedNet-50 size
+    flops = float(out.split('FLOPs (multiply-adds): ')[1].split(' G')[0])
+    assert abs(flops - 2.71) / 2.71 < 0.03, out  # published: 2.71 GFLOPs
+    inv = float(out.split('of which involution op: ')[1].split(' G')[0])
+    assert 0.05 < inv < 0.1, out  # sum of B*C*Ho*Wo*K*K over the 17 involutions
