@@ -42,7 +42,7 @@ def involution(input, weight, kernel_size, stride=1, dilation=1, padding=None):
     """
     if padding is None:
         padding = default_padding(kernel_size, dilation)
-    weight = canonical_weight(input, weight, kernel_size)
+    weight = canonical_weight(weight, kernel_size)
     autocast = (isinstance(input, torch.Tensor) and input.device.type in ('cpu', 'cuda')
                 and torch.is_autocast_enabled(input.device.type))
     check_involution_args(input, weight, kernel_size, stride, dilation, padding,

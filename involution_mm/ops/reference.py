@@ -33,7 +33,7 @@ def _check_int(name, value, minimum):
         raise ValueError(f'involution: {name} must be {kind}, got {value}')
 
 
-def canonical_weight(input, weight, kernel_size):
+def canonical_weight(weight, kernel_size):
     """Returns the weight as (B, G, K, K, Ho, Wo), accepting the flat (B, G*K*K, Ho, Wo)
     layout that the kernel-generation branch produces."""
     if not isinstance(weight, torch.Tensor):
@@ -97,7 +97,7 @@ def involution_reference(input, weight, kernel_size, stride=1, dilation=1, paddi
     """out[b,c,i,j] = sum_{u,v} W[b,g(c),u,v,i,j] * x[b,c,i*s-p+u*d, j*s-p+v*d] via unfold."""
     if padding is None:
         padding = default_padding(kernel_size, dilation)
-    weight = canonical_weight(input, weight, kernel_size)
+    weight = canonical_weight(weight, kernel_size)
     ho, wo = check_involution_args(input, weight, kernel_size, stride, dilation, padding)
     b, c, _, _ = input.shape
     groups = weight.shape[1]
