@@ -22,10 +22,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import involution_mm  # noqa: E402,F401  (registries, torch.load safe globals)
 from involution_mm.utils.runtime import (CheckpointFileError,  # noqa: E402
-                                         UnsupportedSetupError, adapt_cfg_to_machine,
-                                         check_checkpoint_files, check_scope_available,
-                                         finish_distributed,
-                                         config_scope, format_metrics, init_cpu_distributed)
+                                         UnsupportedSetupError, build_runner, config_scope,
+                                         finish_distributed, format_metrics, prepare_run)
 
 
 def parse_args(argv=None):
@@ -128,22 +126,13 @@ def main(argv=None):
         if args.out is not None and scope != 'mmseg' and \
                 not args.out.endswith(('.pkl', '.pickle')):
             raise UnsupportedSetupError('--out must be a .pkl file for this config')
-        check_scope_available(cfg)
-        notes = adapt_cfg_to_machine(cfg, args.launcher)
         # the test loads the whole model from the checkpoint: pretrained files are not read
-        check_checkpoint_files(cfg, training=False)
-        dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
-        init_cpu_distributed(args.launcher, dist_cfg.get('backend', 'gloo'),
-                             dist_cfg.get('timeout', None))
+        notes = prepare_run(cfg, args.launcher, training=False)
     except (CheckpointFileError, UnsupportedSetupError) as err:
         print(f'tools/test.py: error: {err}', file=sys.stderr)
         return 2
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    for note in notes:
-        runner.logger.info(f'involution_mm: {note}')
+    runner = build_runner(cfg, notes)
     if args.out is not None and scope != 'mmseg':
         if scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults

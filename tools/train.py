@@ -23,10 +23,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import involution_mm  # noqa: E402,F401  (registries, torch.load safe globals)
 from involution_mm.utils.runtime import (CheckpointFileError,  # noqa: E402
-                                         UnsupportedSetupError, adapt_cfg_to_machine,
-                                         check_checkpoint_files, check_scope_available,
-                                         finish_distributed,
-                                         init_cpu_distributed)
+                                         UnsupportedSetupError, build_runner,
+                                         finish_distributed, prepare_run)
 
 
 def parse_args(argv=None):
@@ -97,22 +95,13 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = build_cfg(args)
-        check_scope_available(cfg)
-        notes = adapt_cfg_to_machine(cfg, args.launcher, amp=args.amp)
         # mmengine initialises the weights (reading pretrained files) before it resumes
-        check_checkpoint_files(cfg, training=True)
-        dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
-        init_cpu_distributed(args.launcher, dist_cfg.get('backend', 'gloo'),
-                             dist_cfg.get('timeout', None))
+        notes = prepare_run(cfg, args.launcher, training=True, amp=args.amp)
     except (CheckpointFileError, UnsupportedSetupError) as err:
         print(f'tools/train.py: error: {err}', file=sys.stderr)
         return 2
 
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    for note in notes:
-        runner.logger.info(f'involution_mm: {note}')
+    runner = build_runner(cfg, notes)
     runner.train()
     finish_distributed()
     return 0

@@ -200,6 +200,29 @@ def init_cpu_distributed(launcher, backend='gloo', timeout=None):
     return True
 
 
+def prepare_run(cfg, launcher='none', training=True, amp=False):
+    """What tools/train.py and tools/test.py do before building the runner: check that the
+    config's scope imports, adapt the config to this machine, check the checkpoint files
+    the run will read, and start CPU distributed training where needed. Returns the notes
+    of what was adapted (for the runner's log)."""
+    check_scope_available(cfg)
+    notes = adapt_cfg_to_machine(cfg, launcher, amp=amp)
+    check_checkpoint_files(cfg, training=training)
+    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
+    init_cpu_distributed(launcher, dist_cfg.get('backend', 'gloo'), dist_cfg.get('timeout', None))
+    return notes
+
+
+def build_runner(cfg, notes=()):
+    """The mmengine runner of ``cfg`` (its ``runner_type`` if set), with ``notes`` logged."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    for note in notes:
+        runner.logger.info(f'involution_mm: {note}')
+    return runner
+
+
 def finish_distributed():
     """Waits for every rank, then closes the process group, so that no rank exits while
     another still talks to it (with gloo, a peer that closes its connections early can make
