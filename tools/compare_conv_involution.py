@@ -478,34 +478,23 @@ def plot_results(results, path, title):
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'must be a positive integer, got {value}')
-    return value
+def number_arg(convert, description, in_range):
+    """An argparse type: ``convert(text)``, which must satisfy ``in_range``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a {description}, got {text!r}')
+        if not in_range(value):
+            raise argparse.ArgumentTypeError(f'must be a {description}, got {text}')
+        return value
+    return parse
 
 
-def nonnegative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a non-negative integer, got {text!r}')
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be a non-negative integer, got {value}')
-    return value
-
-
-def nonnegative_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a non-negative number, got {text!r}')
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f'must be a non-negative number, got {text}')
-    return value
+positive_int = number_arg(int, 'positive integer', lambda v: v > 0)
+nonnegative_int = number_arg(int, 'non-negative integer', lambda v: v >= 0)
+nonnegative_float = number_arg(float, 'non-negative number',
+                               lambda v: v >= 0 and math.isfinite(v))
 
 
 def positive_float(text):
