@@ -160,6 +160,29 @@ INVOLUTION_HOST_DEVICE void channel_range(const Sizes<index_t>& s, index_t g, in
   end = imin<index_t>(begin + s.chunk_channels, (g + 1) * s.CG);
 }
 
+// A forward or grad-input item: pixel (row, col) of a height x width plane, group g, the
+// channels [c_begin, c_end) of one chunk, batch b. Order: col, row, chunk, g, b.
+template <typename index_t>
+struct PixelItem {
+  index_t col, row, g, b, c_begin, c_end;
+};
+
+template <typename index_t>
+INVOLUTION_HOST_DEVICE PixelItem<index_t> pixel_item(const Sizes<index_t>& s, index_t n,
+                                                     index_t height, index_t width) {
+  PixelItem<index_t> item;
+  item.col = n % width;
+  n /= width;
+  item.row = n % height;
+  n /= height;
+  const index_t chunk = n % s.chunks;
+  n /= s.chunks;
+  item.g = n % s.G;
+  item.b = n / s.G;
+  channel_range(s, item.g, chunk, item.c_begin, item.c_end);
+  return item;
+}
+
 // Forward item: output pixel (i, j), group g, channel chunk. Order: j, i, chunk, g, b.
 // out[b, c, i, j] = sum_{u,v} w[b, g, u, v, i, j] * x[b, c, i*s - p + u*d, j*s - p + v*d].
 template <int KT, typename scalar_t, typename acc_t, typename index_t>
@@ -168,16 +191,9 @@ INVOLUTION_HOST_DEVICE void forward_item(const Sizes<index_t>& s, const scalar_t
                                          const scalar_t* __restrict__ w,
                                          scalar_t* __restrict__ out,
                                          const Strides4<index_t>& os, index_t n) {
-  const index_t j = n % s.Wo;
-  n /= s.Wo;
-  const index_t i = n % s.Ho;
-  n /= s.Ho;
-  const index_t chunk = n % s.chunks;
-  n /= s.chunks;
-  const index_t g = n % s.G;
-  const index_t b = n / s.G;
-  index_t c_begin, c_end;
-  channel_range(s, g, chunk, c_begin, c_end);
+  const PixelItem<index_t> item = pixel_item(s, n, s.Ho, s.Wo);
+  const index_t j = item.col, i = item.row, g = item.g, b = item.b;
+  const index_t c_begin = item.c_begin, c_end = item.c_end;
 
   const index_t plane = s.Ho * s.Wo;
   const index_t y0 = i * s.stride - s.padding;
@@ -264,16 +280,9 @@ INVOLUTION_HOST_DEVICE void grad_input_item(const Sizes<index_t>& s,
                                             const scalar_t* __restrict__ w,
                                             scalar_t* __restrict__ gx,
                                             const Strides4<index_t>& xs, index_t n) {
-  const index_t xx = n % s.W;
-  n /= s.W;
-  const index_t yy = n % s.H;
-  n /= s.H;
-  const index_t chunk = n % s.chunks;
-  n /= s.chunks;
-  const index_t g = n % s.G;
-  const index_t b = n / s.G;
-  index_t c_begin, c_end;
-  channel_range(s, g, chunk, c_begin, c_end);
+  const PixelItem<index_t> item = pixel_item(s, n, s.H, s.W);
+  const index_t xx = item.col, yy = item.row, g = item.g, b = item.b;
+  const index_t c_begin = item.c_begin, c_end = item.c_end;
 
   const index_t plane = s.Ho * s.Wo;
   const scalar_t* gb = go + b * gs.b;
