@@ -87,3 +87,80 @@ def test_bad_arguments(kwargs, message):
 def test_wrong_input_channels_name_the_problem():
     with pytest.raises(RuntimeError, match='channels'):
         Involution(32, 7)(torch.randn(1, 16, 8, 8))
+
+
+def _twin_modules(stride, dtype=torch.float64):
+    """Two copies of one Involution: the kernel recomputed in backward, and stored."""
+    torch.manual_seed(0)
+    recompute = Involution(32, 7, stride).to(dtype)
+    stored = Involution(32, 7, stride, recompute_kernel=False).to(dtype)
+    stored.load_state_dict(recompute.state_dict())
+    return recompute, stored
+
+
+def _forward_backward(module, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    module.zero_grad()
+    out = module(x)
+    out.backward(grad_out)
+    return [out, x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_recomputed_kernel_gives_the_stored_kernel_results(stride):
+    recompute, stored = _twin_modules(stride)
+    x = torch.randn(2, 32, 9, 11, dtype=torch.float64)
+    grad_out = torch.randn(2, 32, -(-9 // stride), -(-11 // stride), dtype=torch.float64)
+    for a, b in zip(_forward_backward(recompute, x, grad_out),
+                    _forward_backward(stored, x, grad_out)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # and the recomputing backward is the true derivative of every input and parameter
+    params = tuple(p for p in recompute.parameters())
+    recompute.eval()  # BN statistics fixed, so the function is deterministic
+    x = x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, *p: torch.func.functional_call(recompute, dict(zip(
+            [n for n, _ in recompute.named_parameters()], p)), (x,)), (x, ) + params)
+
+
+def test_recomputed_kernel_saves_no_kernel_tensor():
+    recompute, stored = _twin_modules(1, torch.float32)
+    x = torch.randn(2, 32, 16, 16, requires_grad=True)
+
+    def saved_numels(module):
+        numels = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: numels.append(t.numel()) or t, lambda t: t):
+            module(x)
+        return numels
+    kernel_numel = 2 * 2 * 49 * 16 * 16
+    assert kernel_numel in saved_numels(stored)
+    assert kernel_numel not in saved_numels(recompute)
+
+
+def test_recomputed_kernel_under_autocast_matches_the_stored_kernel():
+    recompute, stored = _twin_modules(2, torch.float32)
+    x = torch.randn(2, 32, 9, 8)
+    grad_out = torch.randn(2, 32, 5, 4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        results = [_forward_backward(m, x, grad_out) for m in (recompute, stored)]
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_recomputed_kernel_with_an_empty_batch():
+    recompute, _ = _twin_modules(1, torch.float32)
+    recompute.eval()  # BN cannot train on an empty batch
+    x = torch.randn(0, 32, 14, 14, requires_grad=True)
+    out = recompute(x)
+    out.sum().backward()
+    assert out.shape == (0, 32, 14, 14) and x.grad.shape == x.shape
+    assert all(p.grad is not None for p in recompute.conv2.parameters())
+
+
+def test_kernel_conv_involution_rejects_a_conv_that_is_not_1x1():
+    from involution_mm.ops import kernel_conv_involution
+    with pytest.raises(ValueError, match='1x1 conv weight'):
+        kernel_conv_involution(torch.randn(1, 16, 8, 8), torch.randn(1, 4, 8, 8),
+                               torch.randn(49, 4, 3, 3), None, 7)

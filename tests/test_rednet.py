@@ -234,3 +234,31 @@ def test_caffe_style_and_avg_down():
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[-1] for o in outs] == [16, 8, 4, 2]
+
+
+def test_fuse_conv_bn_deploy_form_gives_the_same_outputs():
+    """mmcv's fuse_conv_bn folds every BN that follows a conv (conv1/bn1, conv3/bn3, the
+    downsample, the stem convs, the kernel branch's conv1) and leaves the BNs after an
+    involution (bn2, stem.2) alone: the deploy form computes the same function."""
+    import copy
+
+    from mmcv.cnn import fuse_conv_bn
+    torch.manual_seed(0)
+    model = RedNet(26, out_indices=(0, 1, 2, 3))
+    model.init_weights()
+    for m in model.modules():  # non-trivial affine parameters, statistics of real batches
+        if isinstance(m, _BatchNorm):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.momentum = None
+    x = torch.randn(2, 3, 96, 80)
+    with torch.no_grad():
+        for _ in range(2):
+            model(x + 0.1 * torch.randn_like(x))
+    model.eval()
+    fused = fuse_conv_bn(copy.deepcopy(model))
+    bns = [n for n, m in fused.named_modules() if isinstance(m, _BatchNorm)]
+    assert bns and all(n == 'stem.2' or n.endswith('.bn2') for n in bns)
+    with torch.no_grad():
+        for a, b in zip(model(x), fused(x)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())

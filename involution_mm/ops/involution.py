@@ -53,6 +53,87 @@ def involution(input, weight, kernel_size, stride=1, dilation=1, padding=None):
     return involution_reference(input, weight, kernel_size, stride, dilation, padding)
 
 
+class _KernelConvInvolution(torch.autograd.Function):
+    """involution(input, conv1x1(reduced)) that saves ``reduced`` instead of the kernel.
+
+    The kernel tensor has G*K*K = 3.06*C channels per pixel in RedNet (K=7, 16 channels per
+    group): storing it for backward costs three activations per block, while rebuilding it
+    from the C/4-channel ``reduced`` costs one 1x1 conv. Backward recomputes it in the dtype
+    the forward used (so autocast runs match) and derives the conv's gradients with
+    ``aten.convolution_backward``.
+    """
+
+    @staticmethod
+    def forward(ctx, input, reduced, conv_weight, conv_bias, kernel_size, stride, dilation,
+                padding):
+        weight = torch.nn.functional.conv2d(reduced, conv_weight, conv_bias)
+        out = involution(input, weight, kernel_size, stride, dilation, padding)
+        ctx.save_for_backward(input, reduced, conv_weight, conv_bias)
+        ctx.hyper = (kernel_size, stride, dilation, padding)
+        ctx.kernel_dtype = weight.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, reduced, conv_weight, conv_bias = ctx.saved_tensors
+        kernel_size = ctx.hyper[0]
+        dtype = ctx.kernel_dtype
+        with torch.autocast(input.device.type, enabled=False):
+            reduced_k, conv_weight_k = reduced.to(dtype), conv_weight.to(dtype)
+            conv_bias_k = None if conv_bias is None else conv_bias.to(dtype)
+            grad_output = grad_output.to(dtype)
+            groups = conv_weight.shape[0] // (kernel_size * kernel_size)
+            grad_input = None
+            if ctx.needs_input_grad[0]:
+                weight = torch.nn.functional.conv2d(reduced_k, conv_weight_k, conv_bias_k)
+                grad_input = torch.ops.involution_mm.involution_grad_input(
+                    grad_output, canonical_weight(weight, kernel_size),
+                    list(input.shape[2:]), *ctx.hyper).to(input.dtype)
+                del weight  # before grad_weight allocates a tensor of the same size
+            grad_reduced = grad_conv_weight = grad_conv_bias = None
+            if any(ctx.needs_input_grad[1:4]):
+                grad_weight = torch.ops.involution_mm.involution_grad_weight(
+                    grad_output, input.to(dtype), *ctx.hyper, groups)
+                grad_reduced, grad_conv_weight, grad_conv_bias = \
+                    torch.ops.aten.convolution_backward(
+                        grad_weight.flatten(1, 3), reduced_k, conv_weight_k,
+                        None if conv_bias is None else [conv_bias.numel()], [1, 1], [0, 0],
+                        [1, 1], False, [0, 0], 1,
+                        [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+                         ctx.needs_input_grad[3] and conv_bias is not None])
+        return (grad_input, _cast(grad_reduced, reduced), _cast(grad_conv_weight, conv_weight),
+                _cast(grad_conv_bias, conv_bias), None, None, None, None)
+
+
+def _cast(grad, like):
+    return None if grad is None else grad.to(like.dtype)
+
+
+def kernel_conv_involution(input, reduced, conv_weight, conv_bias, kernel_size, stride=1,
+                           dilation=1, padding=None):
+    """``involution(input, F.conv2d(reduced, conv_weight, conv_bias), ...)`` with the kernel
+    recomputed in backward rather than stored: the same values and gradients, about
+    3*C fewer floats per pixel kept for backward (see :class:`_KernelConvInvolution`).
+
+    Args:
+        input: (B, C, H, W).
+        reduced: (B, C_r, Ho, Wo), the kernel branch's features before its last 1x1 conv.
+        conv_weight: (G*K*K, C_r, 1, 1); conv_bias: (G*K*K,) or None.
+    Other arguments as :func:`involution`. Without the extension this is the plain
+    composition (the reference keeps its own buffers anyway).
+    """
+    if padding is None:
+        padding = default_padding(kernel_size, dilation)
+    if not HAS_EXTENSION:
+        weight = torch.nn.functional.conv2d(reduced, conv_weight, conv_bias)
+        return involution(input, weight, kernel_size, stride, dilation, padding)
+    if conv_weight.dim() != 4 or conv_weight.shape[2:] != (1, 1):
+        raise ValueError('kernel_conv_involution: conv_weight must be a 1x1 conv weight '
+                         f'(G*K*K, C_r, 1, 1), got shape {tuple(conv_weight.shape)}')
+    return _KernelConvInvolution.apply(input, reduced, conv_weight, conv_bias, kernel_size,
+                                       stride, dilation, padding)
+
+
 if HAS_EXTENSION:
 
     def _setup_context(ctx, inputs, output):

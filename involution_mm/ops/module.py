@@ -1,9 +1,10 @@
 """The involution layer: a kernel-generation branch plus the involution op."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
-from .involution import involution
+from .involution import involution, kernel_conv_involution
 
 
 def ceil_avg_pool(x, stride):
@@ -45,10 +46,15 @@ class Involution(nn.Module):
         group_channels (int): channels sharing one kernel. Default 16.
         norm_cfg (dict): norm of conv1, e.g. dict(type='SyncBN'). Default BN.
         act_cfg (dict): activation of conv1. Default ReLU.
+        recompute_kernel (bool): in training, keep conv1's output instead of the generated
+            kernels (G*K*K channels, 3x the input's in RedNet) for backward and rebuild the
+            kernels there (:func:`kernel_conv_involution`). Same results, less memory.
+            Default True.
     """
 
     def __init__(self, channels, kernel_size=7, stride=1, dilation=1, reduction_ratio=4,
-                 group_channels=16, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU')):
+                 group_channels=16, norm_cfg=dict(type='BN'), act_cfg=dict(type='ReLU'),
+                 recompute_kernel=True):
         super().__init__()
         for name, value in (('channels', channels), ('kernel_size', kernel_size),
                             ('stride', stride), ('dilation', dilation),
@@ -69,6 +75,7 @@ class Involution(nn.Module):
         self.stride = stride
         self.dilation = dilation
         self.groups = channels // group_channels
+        self.recompute_kernel = recompute_kernel
         self.conv1 = ConvModule(channels, channels // reduction_ratio, 1, norm_cfg=norm_cfg,
                                 act_cfg=act_cfg)
         self.conv2 = ConvModule(channels // reduction_ratio, kernel_size * kernel_size * self.groups,
@@ -76,8 +83,12 @@ class Involution(nn.Module):
 
     def forward(self, x):
         branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
-        weight = self.conv2(self.conv1(branch_in))
-        return involution(x, weight, self.kernel_size, self.stride, self.dilation)
+        reduced = self.conv1(branch_in)
+        if self.recompute_kernel and torch.is_grad_enabled():
+            return kernel_conv_involution(x, reduced, self.conv2.conv.weight,
+                                          self.conv2.conv.bias, self.kernel_size, self.stride,
+                                          self.dilation)
+        return involution(x, self.conv2(reduced), self.kernel_size, self.stride, self.dilation)
 
     def extra_repr(self):
         return (f'channels={self.channels}, kernel_size={self.kernel_size}, '

@@ -40,7 +40,8 @@ class Bottleneck(nn.Module):
                  norm_cfg=dict(type='BN'),
                  involution_kernel_size=7,
                  group_channels=16,
-                 reduction_ratio=4):
+                 reduction_ratio=4,
+                 recompute_kernel=True):
         super().__init__()
         if style not in ('pytorch', 'caffe'):
             raise ValueError(f"RedNet: style must be 'pytorch' or 'caffe', got {style!r}")
@@ -62,6 +63,7 @@ class Bottleneck(nn.Module):
         self.bn1 = build_norm_layer(norm_cfg, self.mid_channels)[1]
         self.conv2 = Involution(self.mid_channels, involution_kernel_size, conv2_stride,
                                 dilation=dilation, reduction_ratio=reduction_ratio,
+                                recompute_kernel=recompute_kernel,
                                 group_channels=group_channels, norm_cfg=norm_cfg)
         self.bn2 = build_norm_layer(norm_cfg, self.mid_channels)[1]
         self.conv3 = build_conv_layer(conv_cfg, self.mid_channels, out_channels, kernel_size=1,
@@ -161,6 +163,10 @@ class RedNet(BaseModule):
         involution_kernel_size (int): kernel of the block involutions. Default 7.
         group_channels (int): channels per involution group. Default 16.
         reduction_ratio (int): reduction of the kernel branch. Default 4.
+        recompute_kernel (bool): the involutions keep their kernel branch's reduced features
+            for backward and rebuild the kernels there instead of storing them (see
+            :class:`~involution_mm.ops.Involution`): less training memory for one more 1x1
+            conv per involution in backward. Default True.
         pretrained (str, optional): deprecated, use ``init_cfg``.
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained',
             checkpoint='work_dirs/rednet50.pth', prefix='backbone.')``. Default: Kaiming
@@ -198,6 +204,7 @@ class RedNet(BaseModule):
                  involution_kernel_size=7,
                  group_channels=16,
                  reduction_ratio=4,
+                 recompute_kernel=True,
                  pretrained=None,
                  init_cfg=None):
         if pretrained is not None:
@@ -268,9 +275,11 @@ class RedNet(BaseModule):
         self.stage_blocks = stage_blocks[:num_stages]
         self.expansion = expansion
         involution_args = dict(involution_kernel_size=involution_kernel_size,
-                               group_channels=group_channels, reduction_ratio=reduction_ratio)
+                               group_channels=group_channels, reduction_ratio=reduction_ratio,
+                               recompute_kernel=recompute_kernel)
 
-        self._make_stem_layer(in_channels, stem_channels, group_channels, reduction_ratio)
+        self._make_stem_layer(in_channels, stem_channels, group_channels, reduction_ratio,
+                              recompute_kernel)
 
         self.res_layers = []
         stage_in, stage_out = stem_channels, base_channels * expansion
@@ -297,13 +306,15 @@ class RedNet(BaseModule):
         self.feat_dim = stage_channels[-1]
         self._freeze_stages()
 
-    def _make_stem_layer(self, in_channels, stem_channels, group_channels, reduction_ratio):
+    def _make_stem_layer(self, in_channels, stem_channels, group_channels, reduction_ratio,
+                         recompute_kernel):
         half = stem_channels // 2
         self.stem = nn.Sequential(
             ConvModule(in_channels, half, 3, stride=2, padding=1, conv_cfg=self.conv_cfg,
                        norm_cfg=self.norm_cfg, inplace=True),
             Involution(half, self.stem_kernel_size, 1, reduction_ratio=reduction_ratio,
-                       group_channels=group_channels, norm_cfg=self.norm_cfg),
+                       group_channels=group_channels, norm_cfg=self.norm_cfg,
+                       recompute_kernel=recompute_kernel),
             build_norm_layer(self.norm_cfg, half)[1],
             nn.ReLU(inplace=True),
             ConvModule(half, stem_channels, 3, stride=1, padding=1, conv_cfg=self.conv_cfg,

@@ -1,0 +1,52 @@
+"""tools/benchmark_model.py: a tiny run writes the JSON and plot the README quotes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, 'tools', 'benchmark_model.py')
+
+
+def run_tool(*args):
+    return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_tiny_run_writes_json_and_plot(tmp_path):
+    out = tmp_path / 'models.json'
+    result = run_tool('--scenarios', 'infer_bs1', 'train_bs8', 'mask_rcnn_train', '--models',
+                      'rednet26', 'resnet50', '--repeats', '1', '--threads', '1',
+                      '--image-size', '64', '--det-size', '64', '--out', str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data['command'].endswith(f'--out {out}') and data['image_size'] == 64
+    results = data['results']
+    assert set(results) == {'infer_bs1', 'train_bs8', 'mask_rcnn_train'}
+    for scenario in ('infer_bs1', 'train_bs8'):
+        res = results[scenario]
+        assert set(res['time_ms']) == set(res['peak_memory_mib']) == {'rednet26', 'resnet50'}
+        (row,) = res['ratios']
+        assert (row['rednet'], row['resnet']) == ('rednet26', 'resnet50')
+        assert row['time_ratio'] == pytest.approx(
+            res['time_ms']['rednet26'] / res['time_ms']['resnet50'])
+        assert all(v > 0 for v in res['peak_memory_mib'].values())
+    # training holds gradients and momentum: more memory than inference
+    assert (results['train_bs8']['peak_memory_mib']['resnet50']
+            > results['infer_bs1']['peak_memory_mib']['resnet50'])
+    (det,) = results['mask_rcnn_train']['ratios']
+    assert (det['rednet'], det['resnet']) == ('mask_rcnn_rednet50', 'mask_rcnn_resnet50')
+    assert (tmp_path / 'models.png').stat().st_size > 0
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--repeats', '0'], '--repeats must be at least 1'),
+    (['--det-size', '16'], '--det-size at least 64'),
+    (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
+    (['--threads', '0'], '--threads must be positive'),
+])
+def test_bad_arguments(args, message):
+    result = run_tool(*args)
+    assert result.returncode == 2 and message in result.stderr
