@@ -10,6 +10,7 @@ import warnings
 import torch
 from torch._prims_common import suggest_memory_format
 
+from .pointwise import conv1x1
 from .reference import (canonical_weight, check_involution_args, default_padding,
                         involution_reference)
 
@@ -66,7 +67,7 @@ class _KernelConvInvolution(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, reduced, conv_weight, conv_bias, kernel_size, stride, dilation,
                 padding):
-        weight = torch.nn.functional.conv2d(reduced, conv_weight, conv_bias)
+        weight = conv1x1(reduced, conv_weight, conv_bias)
         out = involution(input, weight, kernel_size, stride, dilation, padding)
         ctx.save_for_backward(input, reduced, conv_weight, conv_bias)
         ctx.hyper = (kernel_size, stride, dilation, padding)
@@ -85,7 +86,7 @@ class _KernelConvInvolution(torch.autograd.Function):
             groups = conv_weight.shape[0] // (kernel_size * kernel_size)
             grad_input = None
             if ctx.needs_input_grad[0]:
-                weight = torch.nn.functional.conv2d(reduced_k, conv_weight_k, conv_bias_k)
+                weight = conv1x1(reduced_k, conv_weight_k, conv_bias_k)
                 grad_input = torch.ops.involution_mm.involution_grad_input(
                     grad_output, canonical_weight(weight, kernel_size),
                     list(input.shape[2:]), *ctx.hyper).to(input.dtype)
@@ -111,7 +112,7 @@ def _cast(grad, like):
 
 def kernel_conv_involution(input, reduced, conv_weight, conv_bias, kernel_size, stride=1,
                            dilation=1, padding=None):
-    """``involution(input, F.conv2d(reduced, conv_weight, conv_bias), ...)`` with the kernel
+    """``involution(input, conv2d(reduced, conv_weight, conv_bias), ...)`` with the kernel
     recomputed in backward rather than stored: the same values and gradients, about
     3*C fewer floats per pixel kept for backward (see :class:`_KernelConvInvolution`).
 
@@ -122,14 +123,14 @@ def kernel_conv_involution(input, reduced, conv_weight, conv_bias, kernel_size, 
     Other arguments as :func:`involution`. Without the extension this is the plain
     composition (the reference keeps its own buffers anyway).
     """
-    if padding is None:
-        padding = default_padding(kernel_size, dilation)
-    if not HAS_EXTENSION:
-        weight = torch.nn.functional.conv2d(reduced, conv_weight, conv_bias)
-        return involution(input, weight, kernel_size, stride, dilation, padding)
     if conv_weight.dim() != 4 or conv_weight.shape[2:] != (1, 1):
         raise ValueError('kernel_conv_involution: conv_weight must be a 1x1 conv weight '
                          f'(G*K*K, C_r, 1, 1), got shape {tuple(conv_weight.shape)}')
+    if padding is None:
+        padding = default_padding(kernel_size, dilation)
+    if not HAS_EXTENSION:
+        return involution(input, conv1x1(reduced, conv_weight, conv_bias), kernel_size, stride,
+                          dilation, padding)
     return _KernelConvInvolution.apply(input, reduced, conv_weight, conv_bias, kernel_size,
                                        stride, dilation, padding)
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 from .involution import involution, kernel_conv_involution
+from .pointwise import conv_module_forward
 
 
 def ceil_avg_pool(x, stride):
@@ -83,12 +84,13 @@ class Involution(nn.Module):
 
     def forward(self, x):
         branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
-        reduced = self.conv1(branch_in)
+        reduced = conv_module_forward(self.conv1, branch_in)
         if self.recompute_kernel and torch.is_grad_enabled():
             return kernel_conv_involution(x, reduced, self.conv2.conv.weight,
                                           self.conv2.conv.bias, self.kernel_size, self.stride,
                                           self.dilation)
-        return involution(x, self.conv2(reduced), self.kernel_size, self.stride, self.dilation)
+        return involution(x, conv_module_forward(self.conv2, reduced), self.kernel_size,
+                          self.stride, self.dilation)
 
     def extra_repr(self):
         return (f'channels={self.channels}, kernel_size={self.kernel_size}, '

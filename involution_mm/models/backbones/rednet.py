@@ -12,6 +12,7 @@ from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
+from ...ops.pointwise import pointwise_conv
 from ...registry import MODELS
 
 def _is_pos_int(value):
@@ -73,10 +74,13 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def _inner_forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        identity = x
+        if self.downsample is not None:
+            for layer in self.downsample:
+                identity = pointwise_conv(identity, layer)
+        out = self.relu(self.bn1(pointwise_conv(x, self.conv1)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.bn3(pointwise_conv(out, self.conv3))
         return out + identity
 
     def forward(self, x):
