@@ -19,9 +19,10 @@ def conv1x1(x, weight, bias=None):
             and weight.shape[1:] == (x.shape[1], 1, 1) and x.is_contiguous()):
         return F.conv2d(x, weight, bias)
     b, c, h, w = x.shape
-    out = torch.matmul(weight.view(weight.shape[0], c), x.view(b, c, h * w))
+    # bmm, not matmul: matmul folds (B, C, HW) into (B*HW, C) through two transposed copies
+    out = torch.bmm(weight.view(1, -1, c).expand(b, -1, -1), x.view(b, c, h * w))
     if bias is not None:
-        out = out + bias.to(out.dtype).view(1, -1, 1)  # autocast: matmul's dtype
+        out.add_(bias.to(out.dtype).view(1, -1, 1))  # autocast: the dtype bmm ran in
     return out.view(b, weight.shape[0], h, w)
 
 
