@@ -1,12 +1,13 @@
-// The involution_mm operator library: schemas, argument checks, output allocation, autocast
-// and the Python module.
+// The involution_mm operator library: schemas, argument checks, output allocation, autocast,
+// autograd and the Python module.
 // Kernels are registered per device in cpu/involution_cpu.cpp and cuda/involution_cuda.cpp;
-// autograd and the fake (meta) kernels are registered from Python (involution_mm/ops).
+// the fake (meta) kernels are registered from Python (involution_mm/ops).
 #include <Python.h>
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include "common/involution_op.h"
@@ -157,7 +158,58 @@ at::Tensor involution_autocast(const at::Tensor& input, const at::Tensor& weight
                  padding);
 }
 
+// Autograd: both gradients by the extension's kernels. In C++ rather than through
+// torch.library.register_autograd, whose Python context and backward cost tens of
+// microseconds a call, as much as the kernels take on RedNet's 7x7 stage at batch 1.
+class InvolutionFunction : public torch::autograd::Function<InvolutionFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, int64_t kernel_size, int64_t stride,
+                            int64_t dilation, int64_t padding) {
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["hyper"] = std::vector<int64_t>{kernel_size, stride, dilation, padding};
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("involution_mm::involution", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
+                                                 int64_t, int64_t, int64_t)>();
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(input, weight, kernel_size, stride, dilation, padding);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto grad_input_op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("involution_mm::involution_grad_input", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::IntArrayRef, int64_t,
+                              int64_t, int64_t, int64_t)>();
+    static const auto grad_weight_op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("involution_mm::involution_grad_weight", "")
+            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t,
+                              int64_t, int64_t)>();
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight = saved[1], &grad_output = grads[0];
+    const auto h = ctx->saved_data["hyper"].toIntVector();
+    at::Tensor grad_input, grad_weight;
+    if (ctx->needs_input_grad(0))
+      grad_input = grad_input_op.call(grad_output, weight, input.sizes().slice(2), h[0], h[1], h[2],
+                                      h[3]);
+    if (ctx->needs_input_grad(1))
+      grad_weight = grad_weight_op.call(grad_output, input, h[0], h[1], h[2], h[3], weight.size(1));
+    return {grad_input, grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor involution_autograd(const at::Tensor& input, const at::Tensor& weight,
+                               int64_t kernel_size, int64_t stride, int64_t dilation,
+                               int64_t padding) {
+  return InvolutionFunction::apply(input, weight, kernel_size, stride, dilation, padding);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(involution_mm, Autograd, m) { m.impl("involution", &involution_autograd); }
 
 TORCH_LIBRARY_IMPL(involution_mm, AutocastCPU, m) {
   m.impl("involution",

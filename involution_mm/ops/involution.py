@@ -1,7 +1,7 @@
 """The involution operator as the PyTorch custom op ``torch.ops.involution_mm.involution``.
 
-The C++/CUDA extension defines the op and its kernels; this module adds the autograd formula
-(both gradients by the extension's kernels) and fake kernels (shape propagation for
+The C++/CUDA extension defines the op, its kernels and its autograd formula (both gradients
+by the extension's kernels); this module adds the fake kernels (shape propagation for
 torch.compile and meta tensors). Without the extension, :func:`involution` falls back to the
 unfold reference, with one warning.
 """
@@ -136,25 +136,6 @@ def kernel_conv_involution(input, reduced, conv_weight, conv_bias, kernel_size, 
 
 
 if HAS_EXTENSION:
-
-    def _setup_context(ctx, inputs, output):
-        input, weight, kernel_size, stride, dilation, padding = inputs
-        ctx.save_for_backward(input, weight)
-        ctx.hyper = (kernel_size, stride, dilation, padding)
-
-    def _backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        grad_input = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_input = torch.ops.involution_mm.involution_grad_input(
-                grad_output, weight, list(input.shape[2:]), *ctx.hyper)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.ops.involution_mm.involution_grad_weight(
-                grad_output, input, *ctx.hyper, weight.shape[1])
-        return grad_input, grad_weight, None, None, None, None
-
-    torch.library.register_autograd('involution_mm::involution', _backward,
-                                    setup_context=_setup_context)
 
     def _empty_like_layout(like, shape):
         return like.new_empty(shape).contiguous(memory_format=suggest_memory_format(like))
