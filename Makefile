@@ -45,6 +45,7 @@ data: env
 
 bench: env
 	$(VPY) tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
+	$(VPY) tools/benchmark_model.py --out work_dirs/benchmark_model_cpu.json
 
 clean-ext:
 	rm -rf build involution_mm/*.so $(EXT)
