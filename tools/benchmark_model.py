@@ -21,11 +21,10 @@ growth of the resident-memory high-water mark over the process after its imports
 parameters, gradients, optimizer state, activations and scratch buffers all count. Writes
 JSON (machine, versions, command) and a bar plot of the ratios next to it.
 
-    python tools/benchmark_model.py --out benchmarks/model_cpu.json
+    python tools/benchmark_model.py --threads 1 --out benchmarks/model_cpu_fp32_1thread.json
     python tools/benchmark_model.py --scenarios infer_bs1 train_bs8 --models rednet50 resnet50
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_op import machine_info, max_rss_bytes  # noqa: E402
+from benchmark_op import machine_info, max_rss_bytes, write_json  # noqa: E402
 
 BACKBONES = {
     'rednet26': ('RedNet', 26), 'rednet50': ('RedNet', 50), 'rednet101': ('RedNet', 101),
@@ -292,9 +291,7 @@ def main(argv=None):
                  'building the model and running two iterations (a fresh process each)',
         'results': results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(out, f, indent=2)
+    write_json(args.out, out)
     if not args.no_plot:
         plot(results, os.path.splitext(args.out)[0] + '.png')
     print(format_table(results))

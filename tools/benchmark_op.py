@@ -202,6 +202,12 @@ def machine_info(device):
     return info
 
 
+def write_json(path, result):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=2)
+
+
 def format_table(rows):
     head = ('| B | C | HxW | op fwd ms | unfold fwd ms | dwconv fwd ms | op fwd+bwd ms | '
             'unfold fwd+bwd ms | dwconv fwd+bwd ms | unfold/op fwd | unfold/op f+b | '
@@ -277,9 +283,7 @@ def main(argv=None):
                  '(x read, out written, weight read once) / forward time',
         'results': rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, 'w') as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(format_table(rows))
     print(f"copy bandwidth {result['copy_bandwidth_gbps']:.1f} GB/s; wrote {args.out}")
 
