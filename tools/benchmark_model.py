@@ -34,7 +34,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_op import machine_info, max_rss_bytes, write_json  # noqa: E402
+from benchmark_op import machine_info, max_rss_bytes, proc_status_bytes, write_json  # noqa: E402
 
 BACKBONES = {
     'rednet26': ('RedNet', 26), 'rednet50': ('RedNet', 50), 'rednet101': ('RedNet', 101),
@@ -182,17 +182,11 @@ def memory_probe(name, scenario, args):
     optimizer state) over this process after its imports."""
     import involution_mm  # noqa: F401
     import mmdet.models  # noqa: F401
-    before = current_rss_bytes()
+    before = proc_status_bytes('VmRSS')
     step = make_step(name, scenario, args)
     step()
     step()
     return max(0, max_rss_bytes() - before)
-
-
-def current_rss_bytes():
-    with open('/proc/self/status') as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
-    return kib * 1024
 
 
 def measure_memory(name, scenario, args):

@@ -118,12 +118,17 @@ def time_methods(batch, channels, size, dtype, backward, repeats, device='cpu'):
     return {m: statistics.median(v) for m, v in samples.items()}
 
 
+def proc_status_bytes(key):
+    """A memory figure of this process from /proc/self/status, e.g. 'VmRSS' (resident now)."""
+    with open('/proc/self/status') as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith(key + ':'))
+    return kib * 1024
+
+
 def max_rss_bytes():
     """High-water mark of this process's resident memory. VmHWM, not ru_maxrss: Linux carries
     ru_maxrss over from the parent across exec, VmHWM belongs to the new address space."""
-    with open('/proc/self/status') as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
-    return kib * 1024
+    return proc_status_bytes('VmHWM')
 
 
 def memory_probe(method, batch, channels, size, dtype):
