@@ -4,20 +4,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from involution_mm.ops.pointwise import conv1x1, pointwise_conv
+from involution_mm.ops.pointwise import _folds_batch, conv1x1, conv1x1_backward, pointwise_conv
+
+# (B, C, H, W, O): per-image GEMMs, and the batch folded into one GEMM (many channels, few
+# pixels, as at RedNet's last stage)
+SHAPES = {'per_image': (3, 12, 7, 9, 5), 'folded': (3, 32, 2, 2, 16)}
 
 
+def test_shapes_cover_both_gemm_forms():
+    assert not _folds_batch(3, 12, 5, 7 * 9)
+    assert _folds_batch(3, 32, 16, 2 * 2)
+
+
+@pytest.mark.parametrize('shape', SHAPES)
 @pytest.mark.parametrize('bias', [False, True])
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'strided'])
-def test_values_and_gradients_are_conv2d(bias, layout):
+def test_values_and_gradients_are_conv2d(shape, bias, layout):
     torch.manual_seed(0)
-    x = torch.randn(3, 12, 7, 9, dtype=torch.float64)
+    b, c, h, w, o = SHAPES[shape]
+    x = torch.randn(b, c, h, w, dtype=torch.float64)
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == 'strided':
-        x = torch.randn(3, 12, 7, 18, dtype=torch.float64)[..., ::2]
-    w = torch.randn(5, 12, 1, 1, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(5, dtype=torch.float64, requires_grad=True) if bias else None
+        x = torch.randn(b, c, h, 2 * w, dtype=torch.float64)[..., ::2]
+    w = torch.randn(o, c, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(o, dtype=torch.float64, requires_grad=True) if bias else None
     x.requires_grad_()
     torch.testing.assert_close(conv1x1(x, w, b), F.conv2d(x, w, b))
     assert torch.autograd.gradcheck(conv1x1, (x, w, b))
@@ -41,3 +52,36 @@ def test_pointwise_conv_only_rewrites_plain_1x1_convs():
     for conv in (nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1, stride=2), nn.Conv2d(8, 4, 3, padding=1),
                  nn.Conv2d(8, 4, 1, groups=2)):
         torch.testing.assert_close(pointwise_conv(x, conv), conv(x))
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('mask', [(True, True, True), (True, False, False), (False, True, False),
+                                  (False, False, True)])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_backward_is_conv2d_backward(shape, mask, layout):
+    torch.manual_seed(0)
+    b, c, h, w, o = SHAPES[shape]
+    x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(o, c, 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(o, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(b, o, h, w, dtype=torch.float64)
+    if layout == 'channels_last':
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected = torch.autograd.grad(F.conv2d(x, weight, bias), (x, weight, bias), grad_out)
+    got = conv1x1_backward(grad_out, x.detach(), weight.detach(), mask)
+    for wanted, g, e in zip(mask, got, expected):
+        if wanted:
+            torch.testing.assert_close(g, e)
+        else:
+            assert g is None
+
+
+@pytest.mark.parametrize('stride', [2, 3, (2, 1)])
+@pytest.mark.parametrize('size', [(7, 7), (8, 5)])
+def test_strided_1x1_conv_takes_every_strided_pixel(stride, size):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 10, 1, stride=stride, bias=False).double()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    out = pointwise_conv(x, conv)
+    torch.testing.assert_close(out, conv(x))
+    assert torch.autograd.gradcheck(lambda t: pointwise_conv(t, conv), (x,))

@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch._prims_common import suggest_memory_format
 
-from .pointwise import conv1x1
+from .pointwise import conv1x1, conv1x1_backward
 from .reference import (canonical_weight, check_involution_args, default_padding,
                         involution_reference)
 
@@ -60,8 +60,8 @@ class _KernelConvInvolution(torch.autograd.Function):
     The kernel tensor has G*K*K = 3.06*C channels per pixel in RedNet (K=7, 16 channels per
     group): storing it for backward costs three activations per block, while rebuilding it
     from the C/4-channel ``reduced`` costs one 1x1 conv. Backward recomputes it in the dtype
-    the forward used (so autocast runs match) and derives the conv's gradients with
-    ``aten.convolution_backward``.
+    the forward used (so autocast runs match) and derives the conv's gradients by the GEMMs
+    of :func:`conv1x1_backward`.
     """
 
     @staticmethod
@@ -95,13 +95,10 @@ class _KernelConvInvolution(torch.autograd.Function):
             if any(ctx.needs_input_grad[1:4]):
                 grad_weight = torch.ops.involution_mm.involution_grad_weight(
                     grad_output, input.to(dtype), *ctx.hyper, groups)
-                grad_reduced, grad_conv_weight, grad_conv_bias = \
-                    torch.ops.aten.convolution_backward(
-                        grad_weight.flatten(1, 3), reduced_k, conv_weight_k,
-                        None if conv_bias is None else [conv_bias.numel()], [1, 1], [0, 0],
-                        [1, 1], False, [0, 0], 1,
-                        [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
-                         ctx.needs_input_grad[3] and conv_bias is not None])
+                grad_reduced, grad_conv_weight, grad_conv_bias = conv1x1_backward(
+                    grad_weight.flatten(1, 3), reduced_k, conv_weight_k,
+                    [ctx.needs_input_grad[1], ctx.needs_input_grad[2],
+                     ctx.needs_input_grad[3] and conv_bias is not None])
         return (grad_input, _cast(grad_reduced, reduced), _cast(grad_conv_weight, conv_weight),
                 _cast(grad_conv_bias, conv_bias), None, None, None, None)
 
