@@ -19,10 +19,11 @@ def run_tool(*args):
 def test_tiny_run_writes_json(tmp_path):
     out = tmp_path / 'bench.json'
     result = run_tool('--shapes', '32:8', '--batch-sizes', '2', '--repeats', '2', '--threads', '1',
-                      '--out', str(out))
+                      '--block-ms', '2', '--out', str(out))
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data['command'].endswith(f'--out {out}') and data['device'] == 'cpu'
+    assert data['block_ms'] == 2
     assert data['machine']['kernel_isa'] in ('default', 'avx2', 'avx512')
     (row,) = data['results']
     assert (row['batch'], row['channels'], row['size']) == (2, 32, 8)
@@ -39,6 +40,7 @@ def test_tiny_run_writes_json(tmp_path):
     (['--shapes', 'wide'], 'C:H pairs'),
     (['--repeats', '0'], '--repeats must be at least 1'),
     (['--batch-sizes', '0'], '--batch-sizes must be positive'),
+    (['--block-ms', '0'], '--block-ms must be positive'),
 ])
 def test_bad_arguments(args, message):
     result = run_tool(*args)

@@ -1,12 +1,13 @@
 """Benchmark of the involution op against the unfold reference and a depthwise 7x7 conv.
 
 Times forward and forward+backward on the RedNet-50 shapes (C = 64/128/256/512 at
-56/28/14/7, G = C/16, K = 7), interleaving the methods in one process so that machine noise
-hits them alike, and reports medians, ratios, the achieved bandwidth against the op's
-memory-traffic lower bound, and the peak extra memory of forward+backward. On CPU each memory
-measurement runs in a fresh process and reads the high-water mark of its resident memory, so
-scratch buffers that bypass torch's allocator count too; on CUDA it is the growth of
-torch.cuda.max_memory_allocated. Writes JSON with the machine, versions and command.
+56/28/14/7, G = C/16, K = 7) in blocks of back-to-back calls, interleaving the methods'
+blocks in one process so that machine noise hits them alike, and reports medians, ratios,
+the achieved bandwidth against the op's memory-traffic lower bound, and the peak extra
+memory of forward+backward. On CPU each memory measurement runs in a fresh process and reads
+the high-water mark of its resident memory, so scratch buffers that bypass torch's allocator
+count too; on CUDA it is the growth of torch.cuda.max_memory_allocated. Writes JSON with the
+machine, versions and command.
 
     python tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
     python tools/benchmark_op.py --device cuda --dtype float16 --out work_dirs/op_cuda_fp16.json
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 SHAPES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 KERNEL_SIZE = 7
 GROUP_CHANNELS = 16
-METHODS = ('involution_mm', 'unfold_reference', 'depthwise_conv')
+# op and depthwise conv adjacent: the op/dwconv ratio of a round compares blocks timed back to back
+METHODS = ('involution_mm', 'depthwise_conv', 'unfold_reference')
 
 
 def parse_args(argv=None):
@@ -37,7 +39,9 @@ def parse_args(argv=None):
                         help='default: 1 8 on CPU, 32 64 on CUDA')
     parser.add_argument('--shapes', nargs='+', default=None,
                         help='C:H pairs, e.g. 64:56 128:28 (default: the RedNet-50 shapes)')
-    parser.add_argument('--repeats', type=int, default=15, help='timed runs per method')
+    parser.add_argument('--repeats', type=int, default=15, help='timed blocks per method')
+    parser.add_argument('--block-ms', type=float, default=20.0,
+                        help='length of a timed block of back-to-back calls (at least one call)')
     parser.add_argument('--dtype', choices=['float32', 'float64', 'bfloat16', 'float16'],
                         default='float32')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
@@ -48,6 +52,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
+    if args.block_ms <= 0:
+        parser.error('--block-ms must be positive')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
                      f'is False; torch {torch.__version__})')
@@ -101,21 +107,40 @@ def run_once(fn, x, w, grad_out, backward):
             fn(x, w)
 
 
-def time_methods(batch, channels, size, dtype, backward, repeats, device='cpu'):
-    """Median seconds per method, methods interleaved run by run (CUDA: synchronised)."""
+def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, device='cpu'):
+    """Seconds per call of each method, one sample per round: the methods are timed in blocks
+    of back-to-back calls that last about ``block_ms`` each (as torch.utils.benchmark's
+    blocked_autorange does), one block per method and round, so that the samples of one round
+    were taken side by side. A single call of a 50 us op right after the 100x slower unfold
+    reference would time the cache misses and page faults that the reference leaves behind,
+    not the op."""
     cases = {m: make_case(m, batch, channels, size, dtype, backward, device) for m in METHODS}
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
-    for case in cases.values():  # warm-up
-        run_once(*case, backward)
+
+    def block(case, calls):
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            run_once(*case, backward)
+        sync()
+        return time.perf_counter() - start
+
+    calls = {}
+    for method, case in cases.items():  # warm-up, and the calls per block
+        per_call = min(block(case, 1) for _ in range(2))
+        calls[method] = max(1, round(block_ms / 1e3 / per_call))
     samples = {m: [] for m in METHODS}
     for _ in range(repeats):
         for method, case in cases.items():
-            sync()
-            start = time.perf_counter()
-            run_once(*case, backward)
-            sync()
-            samples[method].append(time.perf_counter() - start)
-    return {m: statistics.median(v) for m, v in samples.items()}
+            samples[method].append(block(case, calls[method]) / calls[method])
+    return samples
+
+
+def paired_ratio(samples, numerator, denominator):
+    """Median over rounds of the ratio of two methods' times in the same round: this shared
+    machine's load changes within seconds (the same depthwise conv measured 3 and 7 ms in one
+    minute), and the ratio of one round is what both methods met alike."""
+    return statistics.median(a / b for a, b in zip(samples[numerator], samples[denominator]))
 
 
 def proc_status_bytes(key):
@@ -248,24 +273,28 @@ def main(argv=None):
     rows = []
     for batch in args.batch_sizes:
         for channels, size in args.shape_list:
-            fwd = time_methods(batch, channels, size, dtype, False, args.repeats, args.device)
-            fb = time_methods(batch, channels, size, dtype, True, args.repeats, args.device)
+            fwd = time_methods(batch, channels, size, dtype, False, args.repeats, args.block_ms,
+                               args.device)
+            fb = time_methods(batch, channels, size, dtype, True, args.repeats, args.block_ms,
+                              args.device)
+            fwd_ms = {m: statistics.median(v) * 1e3 for m, v in fwd.items()}
             elem = torch.empty((), dtype=dtype).element_size()
             x_bytes = batch * channels * size * size * elem
             w_bytes = x_bytes * KERNEL_SIZE ** 2 // GROUP_CHANNELS
             row = {
                 'batch': batch, 'channels': channels, 'size': size,
                 'groups': channels // GROUP_CHANNELS, 'kernel_size': KERNEL_SIZE,
-                'forward_ms': {m: t * 1e3 for m, t in fwd.items()},
-                'forward_backward_ms': {m: t * 1e3 for m, t in fb.items()},
-                'speedup_vs_unfold_forward': fwd['unfold_reference'] / fwd['involution_mm'],
+                'forward_ms': fwd_ms,
+                'forward_backward_ms': {m: statistics.median(v) * 1e3 for m, v in fb.items()},
+                'speedup_vs_unfold_forward': paired_ratio(fwd, 'unfold_reference', 'involution_mm'),
                 'speedup_vs_unfold_forward_backward':
-                    fb['unfold_reference'] / fb['involution_mm'],
-                'ratio_to_dwconv_forward': fwd['involution_mm'] / fwd['depthwise_conv'],
-                'ratio_to_dwconv_forward_backward': fb['involution_mm'] / fb['depthwise_conv'],
+                    paired_ratio(fb, 'unfold_reference', 'involution_mm'),
+                'ratio_to_dwconv_forward': paired_ratio(fwd, 'involution_mm', 'depthwise_conv'),
+                'ratio_to_dwconv_forward_backward':
+                    paired_ratio(fb, 'involution_mm', 'depthwise_conv'),
                 'lower_bound_bytes_forward': lower_bound_bytes(batch, channels, size, dtype),
                 'achieved_gbps': lower_bound_bytes(batch, channels, size, dtype)
-                / fwd['involution_mm'] / 1e9,
+                / fwd_ms['involution_mm'] * 1e3 / 1e9,
                 'input_plus_weight_mib': (x_bytes + w_bytes) / 2 ** 20,
             }
             if not args.no_memory:
@@ -279,9 +308,12 @@ def main(argv=None):
     result = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
         'machine': machine_info(args.device), 'device': args.device, 'dtype': args.dtype,
-        'repeats': args.repeats,
+        'repeats': args.repeats, 'block_ms': args.block_ms,
         'copy_bandwidth_gbps': copy_bandwidth(dtype, args.device) / 1e9,
-        'notes': 'times are medians of interleaved runs; extra_peak_mib is the growth of the '
+        'notes': 'times are medians over rounds of the per-call time in a block of '
+                 'back-to-back calls (about block_ms, at least one call; each round times one '
+                 'block per method); ratios are medians over rounds of the ratio within a '
+                 'round; extra_peak_mib is the growth of the '
                  'resident-memory high-water mark (CPU) or of max_memory_allocated (CUDA) '
                  'during one forward+backward beyond the inputs, output and gradients; '
                  'achieved_gbps = forward lower-bound bytes '
