@@ -21,12 +21,12 @@ def test_shapes_cover_both_gemm_forms():
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'strided'])
 def test_values_and_gradients_are_conv2d(shape, bias, layout):
     torch.manual_seed(0)
-    b, c, h, w, o = SHAPES[shape]
-    x = torch.randn(b, c, h, w, dtype=torch.float64)
+    batch, c, h, width, o = SHAPES[shape]
+    x = torch.randn(batch, c, h, width, dtype=torch.float64)
     if layout == 'channels_last':
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == 'strided':
-        x = torch.randn(b, c, h, 2 * w, dtype=torch.float64)[..., ::2]
+        x = torch.randn(batch, c, h, 2 * width, dtype=torch.float64)[..., ::2]
     w = torch.randn(o, c, 1, 1, dtype=torch.float64, requires_grad=True)
     b = torch.randn(o, dtype=torch.float64, requires_grad=True) if bias else None
     x.requires_grad_()
@@ -60,11 +60,11 @@ def test_pointwise_conv_only_rewrites_plain_1x1_convs():
 @pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
 def test_backward_is_conv2d_backward(shape, mask, layout):
     torch.manual_seed(0)
-    b, c, h, w, o = SHAPES[shape]
-    x = torch.randn(b, c, h, w, dtype=torch.float64, requires_grad=True)
+    batch, c, h, width, o = SHAPES[shape]
+    x = torch.randn(batch, c, h, width, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(o, c, 1, 1, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(o, dtype=torch.float64, requires_grad=True)
-    grad_out = torch.randn(b, o, h, w, dtype=torch.float64)
+    grad_out = torch.randn(batch, o, h, width, dtype=torch.float64)
     if layout == 'channels_last':
         x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     expected = torch.autograd.grad(F.conv2d(x, weight, bias), (x, weight, bias), grad_out)

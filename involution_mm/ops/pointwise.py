@@ -22,8 +22,8 @@ def _folds_batch(batch, in_channels, out_channels, pixels):
 
     B GEMMs make the weight gradient as B weight-sized partial products summed afterwards;
     folding the batch costs a transposed copy of the activations instead. At RedNet's last
-    stage (7x7 pixels, 512 and 2048 channels) the copies are eight times smaller and the
-    folded GEMM takes 0.6x the time of forward+backward; at 14x14 the two are even.
+    stage (7x7 pixels, 512 and 2048 channels) the copies are eight times smaller and folded
+    forward+backward takes 0.6x the time; at 14x14 the two forms are even.
     """
     return batch > 1 and 2 * pixels * (in_channels + out_channels) <= in_channels * out_channels
 
