@@ -34,8 +34,10 @@ def test_values_and_gradients_are_conv2d(shape, bias, layout):
     assert torch.autograd.gradcheck(conv1x1, (x, w, b))
 
 
-def test_autocast_gives_the_dtype_conv2d_gives():
-    x, w, b = torch.randn(2, 8, 5, 5), torch.randn(4, 8, 1, 1), torch.randn(4)
+@pytest.mark.parametrize('shape', SHAPES)
+def test_autocast_gives_the_dtype_conv2d_gives(shape):
+    batch, c, h, width, o = SHAPES[shape]
+    x, w, b = torch.randn(batch, c, h, width), torch.randn(o, c, 1, 1), torch.randn(o)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out, expected = conv1x1(x, w, b), F.conv2d(x, w, b)
     assert out.dtype == expected.dtype == torch.bfloat16
