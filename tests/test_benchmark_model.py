@@ -1,26 +1,18 @@
 """tools/benchmark_model.py: a tiny run writes the JSON and plot the README quotes."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'benchmark_model.py')
+TOOL = 'tools/benchmark_model.py'
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-
-
-def test_tiny_run_writes_json_and_plot(tmp_path):
+def test_tiny_run_writes_json_and_plot(tmp_path, tools):
     out = tmp_path / 'models.json'
-    result = run_tool('--scenarios', 'infer_bs1', 'train_bs8', 'mask_rcnn_train', '--models',
-                      'rednet26', 'resnet50', '--repeats', '1', '--threads', '1',
-                      '--image-size', '64', '--det-size', '64', '--out', str(out))
-    assert result.returncode == 0, result.stderr
+    result = tools.run_tool([TOOL, '--scenarios', 'infer_bs1', 'train_bs8', 'mask_rcnn_train',
+                             '--models', 'rednet26', 'resnet50', '--repeats', '1', '--threads',
+                             '1', '--image-size', '64', '--det-size', '64', '--out', str(out)],
+                            timeout=900)
+    assert result.returncode == 0, result.stdout
     data = json.loads(out.read_text())
     assert data['command'].endswith(f'--out {out}') and data['image_size'] == 64
     results = data['results']
@@ -47,6 +39,6 @@ def test_tiny_run_writes_json_and_plot(tmp_path):
     (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
     (['--threads', '0'], '--threads must be positive'),
 ])
-def test_bad_arguments(args, message):
-    result = run_tool(*args)
-    assert result.returncode == 2 and message in result.stderr
+def test_bad_arguments(args, message, tools):
+    result = tools.run_tool([TOOL, *args])
+    assert result.returncode == 2 and message in result.stdout

@@ -1,26 +1,17 @@
 """tools/benchmark_op.py: a tiny run writes the JSON the README quotes; bad arguments fail."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'benchmark_op.py')
+TOOL = 'tools/benchmark_op.py'
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, TOOL, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-
-
-def test_tiny_run_writes_json(tmp_path):
+def test_tiny_run_writes_json(tmp_path, tools):
     out = tmp_path / 'bench.json'
-    result = run_tool('--shapes', '32:8', '--batch-sizes', '2', '--repeats', '2', '--threads', '1',
-                      '--block-ms', '2', '--out', str(out))
-    assert result.returncode == 0, result.stderr
+    result = tools.run_tool([TOOL, '--shapes', '32:8', '--batch-sizes', '2', '--repeats', '2',
+                             '--threads', '1', '--block-ms', '2', '--out', str(out)])
+    assert result.returncode == 0, result.stdout
     data = json.loads(out.read_text())
     assert data['command'].endswith(f'--out {out}') and data['device'] == 'cpu'
     assert data['block_ms'] == 2
@@ -42,12 +33,12 @@ def test_tiny_run_writes_json(tmp_path):
     (['--batch-sizes', '0'], '--batch-sizes must be positive'),
     (['--block-ms', '0'], '--block-ms must be positive'),
 ])
-def test_bad_arguments(args, message):
-    result = run_tool(*args)
-    assert result.returncode == 2 and message in result.stderr
+def test_bad_arguments(args, message, tools):
+    result = tools.run_tool([TOOL, *args])
+    assert result.returncode == 2 and message in result.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given without CUDA')
-def test_cuda_mode_without_a_gpu_says_so():
-    result = run_tool('--device', 'cuda')
-    assert result.returncode == 2 and 'no CUDA device is available' in result.stderr
+def test_cuda_mode_without_a_gpu_says_so(tools):
+    result = tools.run_tool([TOOL, '--device', 'cuda'])
+    assert result.returncode == 2 and 'no CUDA device is available' in result.stdout
