@@ -36,7 +36,10 @@ def want_cuda():
 
 def make_extension():
     sources = sorted(glob.glob('ops/*.cpp')) + sorted(glob.glob('ops/cpu/*.cpp'))
-    cxx_flags = ['-O3', '-std=c++17']
+    # -fopenmp: ATen is built with OpenMP, and at::parallel_for (a header template) runs its
+    # body serially in a translation unit compiled without it. The extension then uses the
+    # libgomp that torch has already loaded (same soname).
+    cxx_flags = ['-O3', '-std=c++17', '-fopenmp']
     if want_cuda():
         sources += sorted(glob.glob('ops/cuda/*.cpp')) + sorted(glob.glob('ops/cuda/*.cu'))
         return CUDAExtension(
@@ -44,11 +47,13 @@ def make_extension():
             define_macros=[('WITH_CUDA', None)],
             extra_compile_args={'cxx': cxx_flags,
                                 'nvcc': ['-O3', '-std=c++17', '--use_fast_math',
-                                         '--expt-relaxed-constexpr']})
+                                         '--expt-relaxed-constexpr']},
+            extra_link_args=['-fopenmp'])
     print('involution_mm: building the CPU extension only '
           f'(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}; '
           'set FORCE_CUDA=1 to insist)')
-    return CppExtension('involution_mm._C', sources, extra_compile_args={'cxx': cxx_flags})
+    return CppExtension('involution_mm._C', sources, extra_compile_args={'cxx': cxx_flags},
+                        extra_link_args=['-fopenmp'])
 
 
 setup(

@@ -156,6 +156,19 @@ def test_gradcheck_channel_vectorised_kernels():
         assert torch.autograd.gradcheck(lambda a, b: involution(a, b, 3, 2, 1, p), (x, w))
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('width', [7, 8, 23])
+def test_forward_either_side_of_the_dense_kernel_choice(dtype, width):
+    """16 channels a group, K = 7, stride 1: with AVX-512 the forward runs the flat kernel on
+    rows of fewer than 8 pixels and the dense channel-vectorised one from 8 pixels on."""
+    x, w, p = make_inputs(2, 32, 2, 10, width, 7, 1, 1, dtype)
+    grad_out = torch.randn(2, 32, 10, width, generator=torch.Generator().manual_seed(3)).to(dtype)
+    got = op_with_grads(x, w, 7, 1, 1, p, grad_out)
+    want = reference_with_grads(x, w, 7, 1, 1, p, grad_out)
+    for name, a, e in zip(('output', 'grad_input', 'grad_weight'), got, want):
+        assert_matches(a, e, dtype, name)
+
+
 @pytest.mark.parametrize('case', [
     dict(shape=(2, 32, 2, 9, 8), k=7, s=1, d=1, layout='contiguous'),
     dict(shape=(1, 12, 3, 7, 10), k=3, s=2, d=2, layout='channels_last'),
@@ -205,9 +218,10 @@ def test_deterministic_and_independent_of_thread_count():
     x, w, p = make_inputs(4, 32, 2, 20, 17, 7, 1, 1)
     grad_out = torch.randn(4, 32, 20, 17)
     threads = torch.get_num_threads()
+    many = max(threads, 2)  # several threads even where torch defaults to one
     try:
         results = []
-        for n in (threads, 1, threads):
+        for n in (many, 1, many):
             torch.set_num_threads(n)
             results.append(op_with_grads(x, w, 7, 1, 1, p, grad_out))
     finally:
