@@ -4,7 +4,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from involution_mm.ops.pointwise import _folds_batch, conv1x1, conv1x1_backward, pointwise_conv
+from mmcv.cnn import ConvModule
+
+from involution_mm.ops.pointwise import (_folds_batch, conv1x1, conv1x1_backward,
+                                         conv_module_forward, pointwise_conv)
 
 # (B, C, H, W, O): per-image GEMMs, and the batch folded into one GEMM (many channels, few
 # pixels, as at RedNet's last stage)
@@ -54,6 +57,38 @@ def test_pointwise_conv_only_rewrites_plain_1x1_convs():
     for conv in (nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 1, stride=2), nn.Conv2d(8, 4, 3, padding=1),
                  nn.Conv2d(8, 4, 1, groups=2)):
         torch.testing.assert_close(pointwise_conv(x, conv), conv(x))
+
+
+def test_hooks_see_every_call():
+    """A forward hook (FLOPs counters, feature extraction) or a pre-hook that rewrites the
+    weight (spectral norm) must run: such convs and ConvModules keep their own __call__."""
+    x = torch.randn(2, 8, 6, 6)
+    conv = nn.Conv2d(8, 4, 1)
+    seen = []
+    conv.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    pointwise_conv(x, conv)
+    assert seen == [(2, 4, 6, 6)]
+    normed = nn.utils.spectral_norm(nn.Conv2d(8, 4, 1)).eval()
+    torch.testing.assert_close(pointwise_conv(x, normed), normed(x))
+    module = ConvModule(8, 4, 1, norm_cfg=dict(type='BN'))
+    module.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    torch.testing.assert_close(conv_module_forward(module, x), module(x))
+    assert len(seen) == 3
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: seen.append(type(mod)))
+    try:
+        pointwise_conv(x, nn.Conv2d(8, 4, 1))
+    finally:
+        handle.remove()
+    assert seen[-1] is nn.Conv2d
+
+
+def test_conv_module_forward_keeps_other_orders():
+    x = torch.randn(2, 8, 6, 6)
+    for module in (ConvModule(8, 4, 1, norm_cfg=dict(type='BN'), order=('norm', 'conv', 'act')),
+                   ConvModule(8, 4, 1, padding=1, padding_mode='reflect')):
+        module.eval()
+        torch.testing.assert_close(conv_module_forward(module, x), module(x))
 
 
 @pytest.mark.parametrize('shape', SHAPES)

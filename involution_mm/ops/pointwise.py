@@ -10,6 +10,7 @@ involution's kernel branch, and a stride-2 one on the shortcut of each stage.
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _module
 
 
 def _gemm_applies(x, weight):
@@ -74,11 +75,23 @@ def conv1x1_backward(grad_output, x, weight, output_mask):
     return grad_x, grad_weight, grad_bias
 
 
+def _without_hooks(module):
+    """Whether calling ``module`` would run its forward alone: no hooks on it or on every
+    module (the test of ``nn.Module.__call__``'s fast path). Hooks (a FLOPs counter, feature
+    extraction, spectral norm's weight update) must see the call, so the GEMM path leaves
+    such modules to their own ``__call__``."""
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or _module._global_forward_hooks
+                or _module._global_forward_pre_hooks or _module._global_backward_hooks
+                or _module._global_backward_pre_hooks)
+
+
 def pointwise_conv(x, conv):
     """``conv(x)``, through :func:`conv1x1` when ``conv`` is a plain unpadded 1x1
-    nn.Conv2d; a strided one first takes every stride-th pixel, which is what it convolves."""
+    nn.Conv2d without hooks; a strided one first takes every stride-th pixel, which is what
+    it convolves."""
     if not (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
-            and conv.dilation == (1, 1) and conv.groups == 1):
+            and conv.dilation == (1, 1) and conv.groups == 1 and _without_hooks(conv)):
         return conv(x)
     if conv.stride != (1, 1):
         if not (x.device.type == 'cpu' and x.is_contiguous()):
@@ -88,7 +101,11 @@ def pointwise_conv(x, conv):
 
 
 def conv_module_forward(module, x):
-    """mmcv ConvModule (order conv, norm, act) with its conv through :func:`pointwise_conv`."""
+    """``module(x)`` for an mmcv ConvModule, with its conv through :func:`pointwise_conv` when
+    it runs conv, norm, act in that order with no padding layer and no hooks of its own."""
+    if (module.order != ('conv', 'norm', 'act') or module.with_explicit_padding
+            or not _without_hooks(module)):
+        return module(x)
     x = pointwise_conv(x, module.conv)
     if module.with_norm:
         x = module.norm(x)
