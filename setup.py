@@ -39,14 +39,16 @@ def make_extension():
     # -fopenmp: ATen is built with OpenMP, and at::parallel_for (a header template) runs its
     # body serially in a translation unit compiled without it. The extension then uses the
     # libgomp that torch has already loaded (same soname).
-    cxx_flags = ['-O3', '-std=c++17', '-fopenmp']
+    # No -std: BuildExtension adds the language standard the installed torch's headers need
+    # (C++20 for torch 2.13; ATen refuses C++17 from torch 2.14 on).
+    cxx_flags = ['-O3', '-fopenmp']
     if want_cuda():
         sources += sorted(glob.glob('ops/cuda/*.cpp')) + sorted(glob.glob('ops/cuda/*.cu'))
         return CUDAExtension(
             'involution_mm._C', sources,
             define_macros=[('WITH_CUDA', None)],
             extra_compile_args={'cxx': cxx_flags,
-                                'nvcc': ['-O3', '-std=c++17', '--use_fast_math',
+                                'nvcc': ['-O3', '--use_fast_math',
                                          '--expt-relaxed-constexpr']},
             extra_link_args=['-fopenmp'])
     print('involution_mm: building the CPU extension only '

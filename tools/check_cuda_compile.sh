@@ -53,8 +53,9 @@ INC_FLAGS+=(-isystem "$PY_INCLUDE")
 GENCODE=()
 for arch in ${CUDA_ARCHS:-80 90}; do GENCODE+=(-gencode "arch=compute_${arch},code=sm_${arch}"); done
 
-# The flags of setup.py's CUDAExtension plus those torch's BuildExtension adds.
-COMMON=(-std=c++17 -O3 -DWITH_CUDA -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H
+# The flags of setup.py's CUDAExtension plus those torch's BuildExtension adds (its C++20
+# standard: ATen refuses C++17 from torch 2.14 on).
+COMMON=(-std=c++20 -O3 -DWITH_CUDA -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H
         "-D_GLIBCXX_USE_CXX11_ABI=$CXX11_ABI" -Xcompiler -fPIC)
 CU_FLAGS=(--use_fast_math --expt-relaxed-constexpr
           -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
