@@ -166,3 +166,21 @@ def test_kernel_conv_involution_rejects_a_conv_that_is_not_1x1():
     with pytest.raises(ValueError, match='1x1 conv weight'):
         kernel_conv_involution(torch.randn(1, 16, 8, 8), torch.randn(1, 4, 8, 8),
                                torch.randn(49, 4, 3, 3), None, 7)
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    module = Involution(32, 7, 2)
+    compiled = torch.compile(module, fullgraph=True)
+    x = torch.randn(2, 32, 15, 12, requires_grad=True)
+    eager_out = module(x)
+    eager_out.square().sum().backward()
+    eager_grads = [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
+    x.grad = None
+    module.zero_grad()
+    compiled_out = compiled(x)
+    compiled_out.square().sum().backward()
+    compiled_grads = [x.grad] + [p.grad for p in module.parameters()]
+    torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
+    for a, e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

@@ -1,5 +1,8 @@
 """The involution op on CPU: parity with the unfold reference, gradients, dtypes, layouts,
-bad input, opcheck, torch.compile, determinism and the no-extension fallback."""
+bad input, opcheck, torch.compile, determinism and the no-extension fallback.
+
+Needs torch and pytest alone (tools/gpu_check runs it in such an environment): the
+Involution layer, which needs mmcv, is tested in test_involution_module.py."""
 import os
 import subprocess
 import sys
@@ -7,65 +10,15 @@ import textwrap
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from involution_op_testing import (assert_matches, make_inputs, op_with_grads,
+                                   reference_with_grads)
 
-from involution_mm.ops import HAS_EXTENSION, involution, involution_out_size, involution_reference
+from involution_mm.ops import (HAS_EXTENSION, involution, involution_out_size,
+                               involution_reference, kernel_conv_involution)
 
 pytestmark = pytest.mark.skipif(not HAS_EXTENSION, reason='the compiled extension is not built')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Tolerances against a float64 reference computed from the same (rounded) inputs.
-TOLERANCES = {
-    torch.float64: dict(atol=1e-10, rtol=1e-10),
-    torch.float32: dict(atol=2e-4, rtol=1e-4),
-    torch.bfloat16: dict(atol=6e-2, rtol=2e-2),
-    torch.float16: dict(atol=1e-2, rtol=4e-3),
-}
-
-
-def make_inputs(batch, channels, groups, height, width, kernel_size, stride, dilation,
-                dtype=torch.float32, layout='contiguous', seed=0):
-    padding = dilation * (kernel_size - 1) // 2
-    ho = involution_out_size(height, kernel_size, stride, dilation, padding)
-    wo = involution_out_size(width, kernel_size, stride, dilation, padding)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
-    w = torch.randn(batch, groups, kernel_size, kernel_size, ho, wo, generator=gen,
-                    dtype=torch.float64)
-    x, w = x.to(dtype), w.to(dtype)
-    if layout == 'channels_last':
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == 'strided':  # a view with gaps in every dimension
-        big = torch.zeros(batch, 2 * channels, height + 3, 2 * width, dtype=dtype)
-        big[:, ::2, 1:height + 1, ::2] = x
-        x = big[:, ::2, 1:height + 1, ::2]
-        assert not x.is_contiguous()
-    return x, w, padding
-
-
-def reference_with_grads(x, w, kernel_size, stride, dilation, padding, grad_out):
-    x64 = x.detach().double().requires_grad_()
-    w64 = w.detach().double().requires_grad_()
-    out = involution_reference(x64, w64, kernel_size, stride, dilation, padding)
-    out.backward(grad_out.double())
-    return out.detach(), x64.grad, w64.grad
-
-
-def op_with_grads(x, w, kernel_size, stride, dilation, padding, grad_out):
-    x = x.detach().requires_grad_()
-    w = w.detach().requires_grad_()
-    out = involution(x, w, kernel_size, stride, dilation, padding)
-    out.backward(grad_out)
-    return out.detach(), x.grad, w.grad
-
-
-def assert_matches(actual, expected, dtype, what):
-    tol = TOLERANCES[dtype]
-    torch.testing.assert_close(actual.double(), expected, **tol, msg=lambda m: f'{what}: {m}')
-
-
 # K, stride, dilation, with shapes covering odd/even sizes, one and several groups, group
 # sizes that take both CPU kernels (channel-vectorised: C/G = 8, 16 or 32; general: others).
 GEOMETRY = [(k, s, d) for k in (1, 3, 5, 7) for s in (1, 2) for d in (1, 2)]
@@ -189,19 +142,24 @@ def test_opcheck(case):
 
 
 def test_torch_compile_matches_eager():
-    from involution_mm.ops import Involution
+    """The op and the recomputed-kernel composition compile in one graph and give the eager
+    values and gradients."""
     torch.manual_seed(0)
-    module = Involution(32, 7, 2)
-    compiled = torch.compile(module, fullgraph=True)
     x = torch.randn(2, 32, 15, 12, requires_grad=True)
-    eager_out = module(x)
-    eager_out.square().sum().backward()
-    eager_grads = [x.grad.clone()] + [p.grad.clone() for p in module.parameters()]
-    x.grad = None
-    module.zero_grad()
-    compiled_out = compiled(x)
-    compiled_out.square().sum().backward()
-    compiled_grads = [x.grad] + [p.grad for p in module.parameters()]
+    reduced = torch.randn(2, 8, 8, 6, requires_grad=True)
+    conv_weight = torch.randn(98, 8, 1, 1, requires_grad=True)
+    conv_bias = torch.randn(98, requires_grad=True)
+    leaves = (x, reduced, conv_weight, conv_bias)
+
+    def fn(x, reduced, conv_weight, conv_bias):
+        direct = involution(x, torch.nn.functional.conv2d(reduced, conv_weight, conv_bias), 7, 2)
+        return direct + kernel_conv_involution(x, reduced, conv_weight, conv_bias, 7, 2)
+
+    results = []
+    for f in (fn, torch.compile(fn, fullgraph=True)):
+        out = f(*leaves)
+        results.append((out.detach(), torch.autograd.grad(out.square().sum(), leaves)))
+    (eager_out, eager_grads), (compiled_out, compiled_grads) = results
     torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-5)
     for a, e in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
@@ -236,22 +194,6 @@ def test_zero_size_batch_gives_empty_output_and_grads():
     x, w, p = make_inputs(0, 16, 1, 7, 7, 7, 1, 1)
     out, gx, gw = op_with_grads(x, w, 7, 1, 1, p, torch.zeros(0, 16, 7, 7))
     assert out.shape == (0, 16, 7, 7) and gx.shape == x.shape and gw.shape == w.shape
-
-
-@given(batch=st.integers(1, 2), groups=st.integers(1, 3), group_channels=st.integers(1, 17),
-       height=st.integers(1, 12), width=st.integers(1, 12), kernel_size=st.sampled_from([1, 3, 5, 7]),
-       stride=st.integers(1, 3), dilation=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
-@settings(max_examples=40, deadline=None)
-def test_random_shapes_match_reference(batch, groups, group_channels, height, width,
-                                       kernel_size, stride, dilation, seed):
-    x, w, p = make_inputs(batch, groups * group_channels, groups, height, width, kernel_size,
-                          stride, dilation, seed=seed)
-    grad_out = torch.randn(batch, groups * group_channels, *w.shape[-2:],
-                           generator=torch.Generator().manual_seed(seed))
-    got = op_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
-    want = reference_with_grads(x, w, kernel_size, stride, dilation, p, grad_out)
-    for name, a, e in zip(('output', 'grad_input', 'grad_weight'), got, want):
-        assert_matches(a, e, torch.float32, name)
 
 
 # ---- bad input ----------------------------------------------------------------------------
@@ -382,12 +324,15 @@ def test_fallback_without_extension_warns_once_and_matches():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
             import torch
-            from involution_mm.ops import HAS_EXTENSION, Involution, involution, involution_reference
+            from involution_mm.ops import (HAS_EXTENSION, involution, involution_reference,
+                                           kernel_conv_involution)
             assert not HAS_EXTENSION
             x = torch.randn(2, 32, 9, 8, requires_grad=True)
-            out = Involution(32, 7, 2)(x)
+            reduced = torch.randn(2, 8, 5, 4, requires_grad=True)
+            out = kernel_conv_involution(x, reduced, torch.randn(98, 8, 1, 1), None, 7, 2)
             out.sum().backward()
             assert out.shape == (2, 32, 5, 4) and x.grad.shape == x.shape
+            assert reduced.grad.shape == reduced.shape
             w = torch.randn(2, 2, 7, 7, 9, 8)
             assert torch.equal(involution(x, w, 7), involution_reference(x, w, 7))
         messages = [str(w.message) for w in caught if 'compiled extension' in str(w.message)]
@@ -395,3 +340,32 @@ def test_fallback_without_extension_warns_once_and_matches():
         print('fallback ok')
     '''
     assert 'fallback ok' in _run_python(code).stdout
+
+
+def test_package_imports_without_openmmlab():
+    """The op layer needs torch alone: without mmengine/mmcv the package imports, warns once
+    and names what is missing; using a model then raises ImportError saying why."""
+    code = '''
+        import sys, warnings
+        sys.modules['mmengine'] = sys.modules['mmcv'] = None  # as if not installed
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            import torch
+            import involution_mm
+            from involution_mm.ops import involution, involution_reference
+        messages = [str(w.message) for w in caught if 'only the op layer' in str(w.message)]
+        assert len(messages) == 1 and "'mmengine' is not installed" in messages[0], messages
+        assert sorted(involution_mm.UNAVAILABLE) == [
+            'Involution', 'InvolutionFPN', 'RedNet', 'models', 'registry']
+        for get in (lambda: involution_mm.RedNet, lambda: involution_mm.ops.Involution):
+            try:
+                get()
+            except ImportError as err:
+                assert 'mmcv' in str(err), err
+            else:
+                raise AssertionError('no ImportError')
+        x, w = torch.randn(1, 16, 5, 5), torch.randn(1, 1, 3, 3, 5, 5)
+        torch.testing.assert_close(involution(x, w, 3), involution_reference(x, w, 3))
+        print('op layer ok')
+    '''
+    assert 'op layer ok' in _run_python(code).stdout
