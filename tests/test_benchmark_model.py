@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 TOOL = 'tools/benchmark_model.py'
 
@@ -33,8 +34,25 @@ def test_tiny_run_writes_json_and_plot(tmp_path, tools):
     assert (tmp_path / 'models.png').stat().st_size > 0
 
 
+def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
+    out = tmp_path / 'amp.json'
+    result = tools.run_tool([TOOL, '--scenarios', 'infer_bs2', 'train_bs3', '--models',
+                             'rednet26', 'resnet50', '--repeats', '1', '--threads', '1',
+                             '--image-size', '64', '--amp', 'bfloat16', '--no-memory',
+                             '--no-plot', '--out', str(out)], timeout=600)
+    assert result.returncode == 0, result.stdout
+    data = json.loads(out.read_text())
+    assert data['amp'] == 'bfloat16' and data['device'] == 'cpu'
+    assert data['resnet'] in ('mmdet', 'torchvision')
+    assert set(data['results']) == {'infer_bs2', 'train_bs3'}
+
+
 @pytest.mark.parametrize('args,message', [
     (['--repeats', '0'], '--repeats must be at least 1'),
+    (['--scenarios', 'train_bs8_fused'], "unknown scenario 'train_bs8_fused'"),
+    (['--scenarios', 'infer_bs0'], "unknown scenario 'infer_bs0'"),
+    (['--scenarios', 'infer'], "unknown scenario 'infer'"),
+    (['--amp', 'float16', '--scenarios', 'mask_rcnn_train'], 'needs --device cuda'),
     (['--det-size', '16'], '--det-size at least 64'),
     (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
     (['--threads', '0'], '--threads must be positive'),
@@ -42,3 +60,9 @@ def test_tiny_run_writes_json_and_plot(tmp_path, tools):
 def test_bad_arguments(args, message, tools):
     result = tools.run_tool([TOOL, *args])
     assert result.returncode == 2 and message in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message given without CUDA')
+def test_cuda_mode_without_a_gpu_says_so(tools):
+    result = tools.run_tool([TOOL, '--device', 'cuda'])
+    assert result.returncode == 2 and 'no CUDA device is available' in result.stdout

@@ -1,12 +1,11 @@
-"""Benchmark of RedNet against mmdet's ResNet: backbones and Mask R-CNN, time and memory.
+"""Benchmark of RedNet against ResNet: backbones and Mask R-CNN, time and memory.
 
-Scenarios (``--scenarios``):
+Scenarios (``--scenarios``; N is the batch size):
 
-* ``infer_bs1`` / ``infer_bs8``: backbone forward in eval mode, no grad, 224x224
-  (``--image-size``);
-* ``infer_bs8_fused``: the same after folding every BN that follows a conv into it
+* ``infer_bsN``: backbone forward in eval mode, no grad, 224x224 (``--image-size``);
+* ``infer_bsN_fused``: the same after folding every BN that follows a conv into it
   (mmcv's ``fuse_conv_bn``, applied to both networks alike);
-* ``train_bs8``: backbone forward + backward + SGD step (momentum, weight decay), 224x224;
+* ``train_bsN``: backbone forward + backward + SGD step (momentum, weight decay), 224x224;
 * ``mask_rcnn_train``: one training iteration (``model.train_step``: preprocessing,
   forward, losses, backward, SGD step) of the stock mmdet Mask R-CNN R-50-FPN config and of
   ``configs/mask_rcnn_rednet50_fpn_coco.py`` on 2 images of ``--det-size`` (default 512)
@@ -14,24 +13,33 @@ Scenarios (``--scenarios``):
 
 Backbones (``--models``): rednet26/50/101 and resnet50/101, with stage outputs 256-2048; each
 RedNet is compared with the ResNet it replaces (RedNet-26 and -50 with ResNet-50, RedNet-101
-with ResNet-101). The methods of one scenario are timed interleaved, run by run, in one
-process so that machine noise hits them alike; the table reports medians and the ratio
-RedNet/ResNet. Peak memory is measured for each (model, scenario) in a fresh process: the
-growth of the resident-memory high-water mark over the process after its imports, so the
-parameters, gradients, optimizer state, activations and scratch buffers all count. Writes
-JSON (machine, versions, command) and a bar plot of the ratios next to it.
+with ResNet-101). The ResNets are mmdet's where mmdet imports, else torchvision's (the same
+network; ``--resnet`` chooses). The methods of one scenario are timed interleaved, run by
+run, in one process so that machine noise hits them alike; the table reports medians and
+the ratio RedNet/ResNet. ``--device cuda`` runs on the GPU (each run synchronised) and
+``--amp float16|bfloat16`` under ``torch.autocast`` (float16 training with a GradScaler).
+Peak memory on CPU is measured for each (model, scenario) in a fresh process: the growth of
+the resident-memory high-water mark over the process after its imports, so the parameters,
+gradients, optimizer state, activations and scratch buffers all count; on CUDA it is the
+growth of ``torch.cuda.max_memory_allocated`` over building the model and two iterations.
+Writes JSON (machine, versions, command) and a bar plot of the ratios next to it.
 
     python tools/benchmark_model.py --threads 1 --out benchmarks/model_cpu_fp32_1thread.json
     python tools/benchmark_model.py --scenarios infer_bs1 train_bs8 --models rednet50 resnet50
+    python tools/benchmark_model.py --device cuda --amp bfloat16 --scenarios infer_bs32 \
+        train_bs32 --models rednet50 resnet50 --out work_dirs/model_cuda_bf16.json
 """
 import argparse
+import gc
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_op import machine_info, max_rss_bytes, proc_status_bytes, write_json  # noqa: E402
@@ -47,21 +55,29 @@ DETECTORS = {
     'mask_rcnn_resnet50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
 }
 DET_PAIRS = {'mask_rcnn_rednet50': 'mask_rcnn_resnet50'}
-BACKBONE_SCENARIOS = ('infer_bs1', 'infer_bs8', 'infer_bs8_fused', 'train_bs8')
-SCENARIOS = BACKBONE_SCENARIOS + ('mask_rcnn_train', )
+DEFAULT_SCENARIOS = ('infer_bs1', 'infer_bs8', 'infer_bs8_fused', 'train_bs8', 'mask_rcnn_train')
+BACKBONE_SCENARIO = re.compile(r'(?P<kind>infer|train)_bs(?P<batch>[1-9][0-9]*)(?P<fused>_fused)?')
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='work_dirs/benchmark_model_cpu.json', help='JSON file')
-    parser.add_argument('--scenarios', nargs='+', choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument('--scenarios', nargs='+', type=scenario_name,
+                        default=list(DEFAULT_SCENARIOS),
+                        help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), '
+                             'mask_rcnn_train')
     parser.add_argument('--models', nargs='+', choices=list(BACKBONES),
                         default=list(BACKBONES), help='backbones of the backbone scenarios')
     parser.add_argument('--repeats', type=int, default=7, help='timed runs per model')
     parser.add_argument('--image-size', type=int, default=224, help='backbone input size')
     parser.add_argument('--det-size', type=int, default=512, help='Mask R-CNN image size')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
+    parser.add_argument('--amp', choices=['float16', 'bfloat16'], default=None,
+                        help='run under torch.autocast in this dtype (default: float32)')
+    parser.add_argument('--resnet', choices=['mmdet', 'torchvision'], default=None,
+                        help="the ResNets' implementation (default: mmdet's where it imports)")
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in torch.channels_last')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
@@ -76,25 +92,86 @@ def parse_args(argv=None):
         parser.error('--image-size must be at least 32 and --det-size at least 64')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be positive')
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
+                     'is False)')
+    if args.amp and 'mask_rcnn_train' in args.scenarios and args.device != 'cuda':
+        parser.error('--amp with mask_rcnn_train needs --device cuda (mmengine\'s '
+                     'AmpOptimWrapper is CUDA-only)')
+    if args.resnet is None:
+        args.resnet = 'mmdet' if _imports('mmdet.models') else 'torchvision'
+    if not _imports('mmdet.models' if args.resnet == 'mmdet' else 'torchvision'):
+        parser.error(f'--resnet {args.resnet}: {args.resnet} does not import here')
     return args
 
 
-def build_backbone(name, channels_last):
-    import involution_mm  # noqa: F401  (registers RedNet)
-    from mmdet.registry import MODELS
+def backbone_scenario(name):
+    """(kind, batch size, fused) of a backbone scenario name, None for any other name."""
+    match = BACKBONE_SCENARIO.fullmatch(name)
+    if match is None or (match['kind'] == 'train' and match['fused']):
+        return None
+    return match['kind'], int(match['batch']), bool(match['fused'])
+
+
+def scenario_name(text):
+    if text == 'mask_rcnn_train' or backbone_scenario(text) is not None:
+        return text
+    raise argparse.ArgumentTypeError(
+        f'unknown scenario {text!r}: expected infer_bsN, infer_bsN_fused, train_bsN (N a '
+        'positive batch size) or mask_rcnn_train')
+
+
+def _imports(module):
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ResNet returning its four stage outputs, as mmdet's ResNet with
+    out_indices=(0, 1, 2, 3) does."""
+
+    def __init__(self, depth):
+        super().__init__()
+        import torchvision
+        net = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return tuple(outs)
+
+
+def build_backbone(name, args):
     type_name, depth = BACKBONES[name]
-    scope = 'involution_mm' if type_name == 'RedNet' else 'mmdet'
-    # mmdet's ResNet defaults to norm_eval=True (BN frozen in eval mode while training):
-    # both networks train their BNs here, as in ImageNet training
-    model = MODELS.build(dict(type=f'{scope}.{type_name}', depth=depth,
-                              out_indices=(0, 1, 2, 3), norm_eval=False, init_cfg=None))
-    model.init_weights()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    if type_name == 'RedNet':
+        from involution_mm.models import RedNet
+        model = RedNet(depth=depth, out_indices=(0, 1, 2, 3), norm_eval=False, init_cfg=None)
+    elif args.resnet == 'torchvision':
+        model = TorchvisionResNet(depth)
+    else:
+        from mmdet.models.backbones import ResNet
+        # mmdet's ResNet defaults to norm_eval=True (BN frozen in eval mode while training):
+        # both networks train their BNs here, as in ImageNet training
+        model = ResNet(depth=depth, out_indices=(0, 1, 2, 3), norm_eval=False, init_cfg=None)
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
+    return to_device(model, args)
 
 
-def build_detector(name, channels_last):
+def to_device(module_or_tensor, args):
+    out = module_or_tensor.to(args.device)
+    return out.to(memory_format=torch.channels_last) if args.channels_last else out
+
+
+def build_detector(name, args):
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import DefaultScope
@@ -109,50 +186,52 @@ def build_detector(name, channels_last):
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(cfg.model)
     model.init_weights()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return to_device(model, args)
 
 
 def make_step(name, scenario, args):
     """A closure running one iteration of ``scenario`` on model ``name``."""
     gen = torch.Generator().manual_seed(0)
+    amp_dtype = getattr(torch, args.amp) if args.amp else None
     if scenario == 'mask_rcnn_train':
         from mmdet.testing import demo_mm_inputs
-        from mmengine.optim import OptimWrapper
+        from mmengine.optim import AmpOptimWrapper, OptimWrapper
         torch.manual_seed(0)
-        model = build_detector(name, args.channels_last).train()
+        model = build_detector(name, args).train()
         data = demo_mm_inputs(batch_size=2, image_shapes=[(3, args.det_size, args.det_size)] * 2,
                               num_items=[5, 5], num_classes=80, with_mask=True)
         # lr small enough that repeated steps on one batch stay finite
-        wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9,
-                                               weight_decay=1e-4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+        wrapper = (AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype) if amp_dtype
+                   else OptimWrapper(optimizer))
         return lambda: model.train_step(data, wrapper)
 
-    model = build_backbone(name, args.channels_last)
-    batch = 1 if scenario == 'infer_bs1' else 8
-    x = torch.randn(batch, 3, args.image_size, args.image_size, generator=gen)
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    if scenario == 'train_bs8':
+    kind, batch, fused = backbone_scenario(scenario)
+    model = build_backbone(name, args)
+    x = to_device(torch.randn(batch, 3, args.image_size, args.image_size, generator=gen), args)
+    autocast = lambda: torch.autocast(args.device, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    if kind == 'train':
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=1e-4)
+        scaler = torch.amp.GradScaler(args.device, enabled=amp_dtype == torch.float16)
 
         def train_step():
             optimizer.zero_grad()
-            loss = sum(out.float().square().mean() for out in model(x))
-            loss.backward()
-            optimizer.step()
+            with autocast():
+                loss = sum(out.float().square().mean() for out in model(x))
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         return train_step
 
     model.eval()
-    if scenario == 'infer_bs8_fused':
+    if fused:
         from mmcv.cnn import fuse_conv_bn
         model = fuse_conv_bn(model)
 
     def infer():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(x)
     return infer
 
@@ -163,16 +242,23 @@ def scenario_models(scenario, args):
     return args.models
 
 
+def synchronize(args):
+    if args.device == 'cuda':
+        torch.cuda.synchronize()
+
+
 def time_scenario(scenario, args):
     """Median seconds per model, models interleaved run by run."""
     steps = {name: make_step(name, scenario, args) for name in scenario_models(scenario, args)}
     for step in steps.values():  # warm-up (and optimizer state)
         step()
+    synchronize(args)
     samples = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():
             start = time.perf_counter()
             step()
+            synchronize(args)
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(v) for name, v in samples.items()}
 
@@ -180,8 +266,11 @@ def time_scenario(scenario, args):
 def memory_probe(name, scenario, args):
     """Peak resident-memory growth of building and running two iterations (the second has the
     optimizer state) over this process after its imports."""
-    import involution_mm  # noqa: F401
-    import mmdet.models  # noqa: F401
+    import involution_mm.models  # noqa: F401
+    if args.resnet == 'mmdet' or scenario == 'mask_rcnn_train':
+        import mmdet.models  # noqa: F401
+    else:
+        import torchvision  # noqa: F401
     before = proc_status_bytes('VmRSS')
     step = make_step(name, scenario, args)
     step()
@@ -189,9 +278,31 @@ def memory_probe(name, scenario, args):
     return max(0, max_rss_bytes() - before)
 
 
+def cuda_peak_memory(name, scenario, args):
+    """Growth of torch.cuda.max_memory_allocated over building the model and running two
+    iterations (the second has the optimizer state), in this process."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step = make_step(name, scenario, args)
+    step()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del step
+    gc.collect()
+    return peak
+
+
 def measure_memory(name, scenario, args):
+    if args.device == 'cuda':
+        return cuda_peak_memory(name, scenario, args)
     cmd = [sys.executable, os.path.abspath(__file__), '--memory-probe', name, scenario,
-           '--image-size', str(args.image_size), '--det-size', str(args.det_size)]
+           '--image-size', str(args.image_size), '--det-size', str(args.det_size),
+           '--resnet', args.resnet]
+    if args.amp:
+        cmd += ['--amp', args.amp]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     if args.channels_last:
@@ -277,12 +388,16 @@ def main(argv=None):
         print(scenario, {k: f'{v * 1e3:.1f} ms' for k, v in times.items()}, flush=True)
     out = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'machine': machine_info('cpu'), 'repeats': args.repeats,
+        'machine': machine_info(args.device), 'device': args.device,
+        'amp': args.amp or 'float32', 'resnet': args.resnet, 'repeats': args.repeats,
         'channels_last': args.channels_last, 'image_size': args.image_size,
         'det_size': args.det_size,
-        'notes': 'time_ms: medians of interleaved runs; peak_memory_mib: growth of the '
-                 'resident-memory high-water mark over the process after its imports, while '
-                 'building the model and running two iterations (a fresh process each)',
+        'notes': 'time_ms: medians of interleaved runs; peak_memory_mib: ' + (
+            'growth of torch.cuda.max_memory_allocated while building the model and running '
+            'two iterations' if args.device == 'cuda' else
+            'growth of the resident-memory high-water mark over the process after its '
+            'imports, while building the model and running two iterations (a fresh process '
+            'each)'),
         'results': results,
     }
     write_json(args.out, out)
