@@ -47,6 +47,7 @@ def _stages(out):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # a venv, a serial 2-core build of the extension and the op tests
 @pytest.mark.skipif(torch.cuda.is_available(),
                     reason='on a GPU machine run tools/gpu_check/run.sh itself')
 def test_check_runs_every_cpu_stage_and_skips_the_gpu_ones(torch_only_python, tmp_path):
