@@ -5,17 +5,50 @@ another torch:  pip install -e . --no-build-isolation
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
 try:
     import torch
-    from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,
-                                           CUDAExtension)
 except ImportError as err:
     raise SystemExit(
         'involution_mm builds its extension against the installed torch, which was not found '
         f'({err}). Install torch first, then: pip install -e . --no-build-isolation') from err
+
+
+def toolkit_root_of_nvcc():
+    """The root of the CUDA toolkit that ``nvcc`` on PATH runs, as nvcc itself reports it.
+
+    torch guesses CUDA_HOME as the folder above nvcc's; where nvcc is a wrapper script (e.g.
+    /usr/local/bin/nvcc) that folder holds no CUDA headers and the build fails late.
+    """
+    nvcc = shutil.which('nvcc')
+    if nvcc is None:
+        return None
+    try:
+        dry = subprocess.run([nvcc, '--dryrun', '-c', '-x', 'cu', os.devnull, '-o', os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r'^#\$ TOP=(.+)$', dry.stdout + dry.stderr, re.MULTILINE)
+    return os.path.normpath(match.group(1).strip()) if match else None
+
+
+def has_cuda_headers(root):
+    return root is not None and os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h'))
+
+
+# Decided before torch.utils.cpp_extension reads the environment for its CUDA_HOME.
+if torch.version.cuda and not (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')):
+    _root = toolkit_root_of_nvcc()
+    if has_cuda_headers(_root):
+        os.environ['CUDA_HOME'] = _root
+
+from torch.utils.cpp_extension import (CUDA_HOME, BuildExtension, CppExtension,  # noqa: E402
+                                       CUDAExtension)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,9 +62,17 @@ def read_version():
 
 def want_cuda():
     """CUDA kernels need a CUDA build of torch and a toolkit; FORCE_CUDA=1 insists."""
-    if os.environ.get('FORCE_CUDA', '0') == '1':
-        return True
-    return torch.version.cuda is not None and CUDA_HOME is not None
+    force = os.environ.get('FORCE_CUDA', '0') == '1'
+    if not (force or (torch.version.cuda is not None and CUDA_HOME is not None)):
+        return False
+    if not has_cuda_headers(CUDA_HOME):
+        problem = (f'CUDA_HOME={CUDA_HOME} holds no include/cuda_runtime.h; set CUDA_HOME to '
+                   'the root of the CUDA toolkit (e.g. /usr/local/cuda)')
+        if force:
+            raise SystemExit(f'involution_mm: FORCE_CUDA=1, but {problem}')
+        print(f'involution_mm: {problem}')
+        return False
+    return True
 
 
 def make_extension():
