@@ -83,19 +83,19 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
   const int64_t Wp = (Wo - 1) * s + (K - 1) * d + 1;
-  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
-  const int64_t blocks = (Ho + rb - 1) / rb;
+  const TaskGrid grid(sh, Ho);
+  const int64_t rb = grid.block_rows();
   const int64_t max_panel_rows = (rb - 1) * s + (K - 1) * d + 1;
 
   constexpr bool direct_weight = std::is_same_v<scalar_t, acc_t>;
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     AlignedBuffer<acc_t> panel(max_panel_rows * Wp * CG);
     std::vector<acc_t> weight_rows(direct_weight ? 0 : KK * rb * Wo);
     AlignedBuffer<acc_t> pixels(Wo * CG);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
       const scalar_t* w_bg = w + bg * KK * Ho * Wo;
       // Weight row (u, v, i0 + i) at w_rows + uv * uv_stride + i * Wo: read in place when no
       // conversion is needed (the next row is prefetched below), else converted once.
@@ -188,25 +188,23 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS;
   constexpr int64_t R = DenseK > 0 ? dense_pixel_block<NV>() : pixel_block<NV>();
-  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t K = sh.K, s = sh.stride, p = sh.padding;
   const int64_t H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
   const InputTaps taps(sh);
-  const int64_t row_len = taps.j_hi - taps.j_lo + 1;
-  const int64_t hb = rows_per_task(H, sh.B * sh.G);
-  const int64_t blocks = (H + hb - 1) / hb;
-  const int64_t max_i_rows = ((hb - 1) + (K - 1) * d) / s + 2;
+  const int64_t row_len = taps.row_len();
+  const TaskGrid grid(sh, H);
+  const int64_t max_i_rows = taps.max_output_rows(grid.block_rows());
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> w_panel(KK * max_i_rows * row_len);
     AlignedBuffer<acc_t> go_panel(max_i_rows * row_len * CG);
     AlignedBuffer<acc_t> pixels(W * CG);
     std::vector<std::pair<int64_t, int64_t>> rows_u;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t h0 = (task % blocks) * hb, h1 = std::min(H, h0 + hb);
-      const int64_t i_lo = std::max<int64_t>(0, ceil_div(h0 + p - (K - 1) * d, s));
-      const int64_t i_hi = std::min<int64_t>(Ho - 1, floor_div(h1 - 1 + p, s));
-      const int64_t n_i = std::max<int64_t>(0, i_hi - i_lo + 1);
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, h0 = tk.r0, h1 = tk.r0 + tk.rows;
+      const RowRange i_range = taps.output_rows(h0, h1);
+      const int64_t i_lo = i_range.lo, n_i = i_range.n;
       taps.fill_weight_panel(w_panel.data(), w + bg * KK * Ho * Wo, i_lo, n_i);
       // go_panel[(ii * row_len + j - j_lo) * CG + cg] = grad_out[c0 + cg, i_lo + ii, j]
       fill_pixel_panel(go_panel.data(), go + b * gs.b + g * CG * gs.c, gs, CG, Ho, Wo, i_lo, n_i,

@@ -1,13 +1,13 @@
-// What the CPU kernel families share: vector helpers, channel blocking, the task size, the
+// What the CPU kernel families share: vector helpers, channel blocking, the task grid, the
 // layout conversions and the tap bookkeeping of grad_input. Like every header of the kernels
 // it is compiled once per instruction set by involution_cpu_{default,avx2,avx512}.cpp, which
 // define CPU_CAPABILITY first (as ATen's kernels do), so at::vec::Vectorized<float> holds 8
 // floats (DEFAULT: an array, AVX2: a register) or 16 (AVX512); involution_cpu.cpp picks a
 // build at run time, involution_cpu_dispatch.h a kernel family within it.
 //
-// Every family splits the work into tasks of (batch, group, block of rows); every output
-// element is written by exactly one task, in a fixed order: no atomics, and results do not
-// depend on the number of threads.
+// Every family splits the work into tasks of (batch, group, block of rows) (TaskGrid); every
+// output element is written by exactly one task, in a fixed order: no atomics, and results do
+// not depend on the number of threads.
 #pragma once
 
 #ifndef CPU_CAPABILITY
@@ -90,13 +90,40 @@ inline void store_row(scalar_t* dst, int64_t stride, const acc_t* src, int64_t n
   for (int64_t j = 0; j < n; ++j) dst[j * stride] = static_cast<scalar_t>(src[j]);
 }
 
-// Rows per task: big enough to amortise the panel halo, small enough to give every thread
-// several tasks.
-inline int64_t rows_per_task(int64_t rows, int64_t batch_groups) {
-  const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t blocks = std::max<int64_t>(1, (want_tasks + batch_groups - 1) / batch_groups);
-  return std::clamp<int64_t>((rows + blocks - 1) / blocks, 1, 16);
-}
+// ---- Tasks ------------------------------------------------------------------------------
+
+// One task of a TaskGrid: rows [r0, r0 + rows) of batch item b, group g (bg = b * G + g).
+struct Task {
+  int64_t bg, b, g, r0, rows;
+};
+
+// The tasks of a kernel, (batch, group, block of rows) in that order, over `rows` rows (output
+// rows, or input rows for grad_input). Blocks are big enough to amortise a task's halo, small
+// enough to give every thread several tasks.
+class TaskGrid {
+ public:
+  TaskGrid(const InvolutionShape& sh, int64_t rows)
+      : G_(sh.G), rows_(rows), batch_groups_(sh.B * sh.G),
+        rb_(rows_per_block(rows, batch_groups_)), blocks_(ceil_div(rows, rb_)) {}
+
+  // Rows per task; only a grid's last block of rows may have fewer.
+  int64_t block_rows() const { return rb_; }
+  int64_t count() const { return batch_groups_ * blocks_; }
+
+  Task operator()(int64_t task) const {
+    const int64_t bg = task / blocks_, r0 = (task % blocks_) * rb_;
+    return {bg, bg / G_, bg % G_, r0, std::min(rb_, rows_ - r0)};
+  }
+
+ private:
+  static int64_t rows_per_block(int64_t rows, int64_t batch_groups) {
+    const int64_t want_tasks = 4 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t blocks = std::max<int64_t>(1, (want_tasks + batch_groups - 1) / batch_groups);
+    return std::clamp<int64_t>((rows + blocks - 1) / blocks, 1, 16);
+  }
+
+  int64_t G_, rows_, batch_groups_, rb_, blocks_;
+};
 
 // ---- Channel and pixel blocks -----------------------------------------------------------
 
@@ -205,6 +232,11 @@ void copy_channels(dst_t* dst, int64_t dst_c, int64_t dst_w, const src_t* src, i
 
 // ---- Taps of grad_input (panel and channel-vectorised kernels) --------------------------
 
+// Rows [lo, lo + n).
+struct RowRange {
+  int64_t lo, n;
+};
+
 // Which (u, v, i, j) feed an input pixel in grad_input. Rows: h = i*s - p + u*d, so row h reads
 // the output rows i = (h + p - u*d) / s that divide exactly. Columns by phase phi = w % s: for
 // w = m*s + phi the tap v reads j = m + jofs with jofs = (phi + p - v*d) / s when exact, so j
@@ -234,6 +266,21 @@ struct InputTaps {
     }
   }
 
+  int64_t row_len() const { return j_hi - j_lo + 1; }
+
+  // The output rows [lo, lo + n) that input rows [h0, h1) read.
+  RowRange output_rows(int64_t h0, int64_t h1) const {
+    const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+    const int64_t i_lo = std::max<int64_t>(0, ceil_div(h0 + p - (K - 1) * d, s));
+    const int64_t i_hi = std::min<int64_t>(sh.Ho - 1, floor_div(h1 - 1 + p, s));
+    return {i_lo, std::max<int64_t>(0, i_hi - i_lo + 1)};
+  }
+
+  // An upper bound of output_rows(...).second for tasks of `block_rows` input rows.
+  int64_t max_output_rows(int64_t block_rows) const {
+    return ((block_rows - 1) + (sh.K - 1) * sh.dilation) / sh.stride + 2;
+  }
+
   // (u, panel row) pairs of the output rows that input row h reads.
   void rows_of(int64_t h, int64_t i_lo, std::vector<std::pair<int64_t, int64_t>>& out) const {
     out.clear();
@@ -247,11 +294,10 @@ struct InputTaps {
   // panel[(uv * n_i + ii) * row_len + j - j_lo] = w[uv, i_lo + ii, j], zero-padded.
   template <typename scalar_t, typename acc_t>
   void fill_weight_panel(acc_t* panel, const scalar_t* w_bg, int64_t i_lo, int64_t n_i) const {
-    const int64_t row_len = j_hi - j_lo + 1;
     for (int64_t uv = 0; uv < sh.kk(); ++uv)
       for (int64_t ii = 0; ii < n_i; ++ii) {
-        acc_t* dst = panel + (uv * n_i + ii) * row_len;
-        std::fill(dst, dst + row_len, acc_t(0));
+        acc_t* dst = panel + (uv * n_i + ii) * row_len();
+        std::fill(dst, dst + row_len(), acc_t(0));
         convert_copy(w_bg + (uv * sh.Ho + i_lo + ii) * sh.Wo, dst - j_lo, sh.Wo);
       }
   }

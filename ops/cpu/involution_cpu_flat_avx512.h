@@ -231,11 +231,11 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VS = Vec<acc_t>::size();
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
-  const int64_t rb = rows_per_task(H, sh.B * sh.G);
-  const int64_t blocks = (H + rb - 1) / rb;
+  const TaskGrid grid(sh, H);
+  const int64_t rb = grid.block_rows();
   const FlatTaps taps(sh, rb, VS);
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     // Copied with guards: the channel loads are unmasked (the taps off the image are dropped
     // by masked FMAs), which is faster than masked loads.
     FlatPlanes<scalar_t, acc_t> chans(src, ss, CG, H, W, rb, sh.padding, sh.padding + VS, true);
@@ -243,16 +243,17 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
                                         kGradInput ? sh.padding : 0, sh.padding, false);
     FlatOutput<scalar_t, acc_t> out(dst, ds, CG, W, rb);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, H - i0), pixels = rows * W;
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
+      const int64_t pixels = rows * W;
       chans.load(b, g * CG, i0, rows);
       weights.load(bg, 0, i0, rows);
       out.start(b, g * CG, i0);
       int64_t w_next = 0, out_next = 0;
       if (task + 1 < end) {
-        const int64_t bg1 = (task + 1) / blocks, i1 = ((task + 1) % blocks) * rb;
-        w_next = weights.ahead(bg1, 0, i1);
-        out_next = out.ahead(bg1 / sh.G, bg1 % sh.G * CG, i1);
+        const Task next = grid(task + 1);
+        w_next = weights.ahead(next.bg, 0, next.r0);
+        out_next = out.ahead(next.b, next.g * CG, next.r0);
       }
       for (int64_t q = 0; q < pixels; q += VS) {
         const int64_t n = std::min(VS, pixels - q);
@@ -315,24 +316,25 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
   constexpr int64_t VS = Vec<acc_t>::size();
   constexpr int64_t RQ = 2;  // pixel vectors: 7 taps x 2 accumulators + 2 grad_out vectors
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
-  const int64_t rb = rows_per_task(H, sh.B * sh.G);
-  const int64_t blocks = (H + rb - 1) / rb;
+  const TaskGrid grid(sh, H);
+  const int64_t rb = grid.block_rows();
   const FlatTaps taps(sh, rb, VS);
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     FlatPlanes<scalar_t, acc_t> grads(go, gs, CG, H, W, rb, 0, 0, false);
     FlatPlanes<scalar_t, acc_t> inputs(x, xs, CG, H, W, rb, sh.padding, sh.padding + RQ * VS, true);
     FlatOutput<scalar_t, acc_t> out(gw, plane_strides(sh), KK, W, rb);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, H - i0), pixels = rows * W;
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
+      const int64_t pixels = rows * W;
       grads.load(b, g * CG, i0, rows);
       inputs.load(b, g * CG, i0, rows);
       out.start(bg, 0, i0);
       int64_t out_next = 0;
       if (task + 1 < end) {
-        const int64_t bg1 = (task + 1) / blocks, i1 = ((task + 1) % blocks) * rb;
-        out_next = out.ahead(bg1, 0, i1);
+        const Task next = grid(task + 1);
+        out_next = out.ahead(next.bg, 0, next.r0);
       }
       auto vectors = [&](int64_t q, auto vectors_in_block) {
         constexpr int64_t NQ = decltype(vectors_in_block)::value;

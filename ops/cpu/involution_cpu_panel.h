@@ -60,18 +60,18 @@ void forward_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& 
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk(), CG = sh.channels_per_group();
   const int64_t Q = Wo + ((K - 1) * d) / s;
-  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
-  const int64_t blocks = (Ho + rb - 1) / rb;
+  const TaskGrid grid(sh, Ho);
+  const int64_t rb = grid.block_rows();
   const int64_t panel_size = ((rb - 1) * s + (K - 1) * d + 1) * s * Q;
   const ColumnTaps taps(K, s, d);
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> panels(kMaxChannelBlock * panel_size);
     std::vector<acc_t> weight_rows(KK * rb * Wo);
     std::vector<acc_t> out_rows(kMaxChannelBlock * Wo);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
       // The task's weight rows, copied as K*K sequential pieces: read in place, the inner
       // loop would walk K*K rows Ho*Wo apart, more streams than the prefetcher follows.
       const scalar_t* w_bg = w + bg * KK * Ho * Wo;
@@ -124,18 +124,18 @@ void grad_weight_impl(const InvolutionShape& sh, const scalar_t* go, const Strid
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk(), CG = sh.channels_per_group();
   const int64_t Q = Wo + ((K - 1) * d) / s;
-  const int64_t rb = rows_per_task(Ho, sh.B * sh.G);
-  const int64_t blocks = (Ho + rb - 1) / rb;
+  const TaskGrid grid(sh, Ho);
+  const int64_t rb = grid.block_rows();
   const int64_t panel_size = ((rb - 1) * s + (K - 1) * d + 1) * s * Q;
   const ColumnTaps taps(K, s, d);
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> panels(kMaxChannelBlock * panel_size);
     std::vector<acc_t> go_rows(kMaxChannelBlock * rb * Wo);
     std::vector<acc_t> gw_rows(KK * rb * Wo);
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t i0 = (task % blocks) * rb, rows = std::min(rb, Ho - i0);
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
       const int64_t panel_rows = (rows - 1) * s + (K - 1) * d + 1;
       // Accumulated in a task-local block, written out as K*K sequential pieces (see forward).
       acc_t* gw_out = gw_rows.data();
@@ -188,29 +188,26 @@ template <typename scalar_t>
 void grad_input_impl(const InvolutionShape& sh, const scalar_t* go, const Strides4& gs,
                      const scalar_t* w, scalar_t* gx, const Strides4& gxs) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
+  const int64_t K = sh.K, s = sh.stride;
   const int64_t H = sh.H, W = sh.W, Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk();
   const int64_t CG = sh.channels_per_group();
 
   const InputTaps taps(sh);
-  const int64_t j_lo = taps.j_lo, row_len = taps.j_hi - taps.j_lo + 1;
-
-  const int64_t hb = rows_per_task(H, sh.B * sh.G);
-  const int64_t blocks = (H + hb - 1) / hb;
-  const int64_t max_i_rows = ((hb - 1) + (K - 1) * d) / s + 2;
+  const int64_t j_lo = taps.j_lo, row_len = taps.row_len();
+  const TaskGrid grid(sh, H);
+  const int64_t max_i_rows = taps.max_output_rows(grid.block_rows());
   const int64_t go_panel_size = max_i_rows * row_len;
 
-  at::parallel_for(0, sh.B * sh.G * blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> w_panel(KK * max_i_rows * row_len);
     std::vector<acc_t> go_panels(kMaxChannelBlock * go_panel_size);
     std::vector<acc_t> gx_rows(kMaxChannelBlock * W), phase_rows(s > 1 ? kMaxChannelBlock * W : 0);
     std::vector<std::pair<int64_t, int64_t>> rows_u;  // (u, panel row) of the taps of row h
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t bg = task / blocks, b = bg / sh.G, g = bg % sh.G;
-      const int64_t h0 = (task % blocks) * hb, h1 = std::min(H, h0 + hb);
-      const int64_t i_lo = std::max<int64_t>(0, ceil_div(h0 + p - (K - 1) * d, s));
-      const int64_t i_hi = std::min<int64_t>(Ho - 1, floor_div(h1 - 1 + p, s));
-      const int64_t n_i = std::max<int64_t>(0, i_hi - i_lo + 1);
+      const Task tk = grid(task);
+      const int64_t bg = tk.bg, b = tk.b, g = tk.g, h0 = tk.r0, h1 = tk.r0 + tk.rows;
+      const RowRange i_range = taps.output_rows(h0, h1);
+      const int64_t i_lo = i_range.lo, n_i = i_range.n;
       taps.fill_weight_panel(w_panel.data(), w + bg * KK * Ho * Wo, i_lo, n_i);
       for_each_channel_block(CG, [&](int64_t c0, auto block) {
         constexpr int64_t NC = decltype(block)::value;
