@@ -1,4 +1,5 @@
-// The entry points of one kernel build: which kernel family runs for a call.
+// The entry points of one kernel build (involution_cpu_kernels.h) and the one place that
+// decides which kernel family runs for a call.
 #pragma once
 
 #include <tuple>
@@ -13,41 +14,45 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-// The forward's dense channel-vectorised kernel (K = 7) beats the flat one where a group is
-// one vector of channels and an output row fills its register block of pixels: aligned loads
-// and broadcast weights, against shifted loads that straddle cache lines. Measured at 1 thread
-// on RedNet-50's shapes: 0.64-0.86x the flat kernel's time from 14x14 to 56x56 in float32,
-// 0.87-0.98x in bfloat16; 7x7 rows fill less than a block, and there it took 1.15x.
+// Which kernel family runs, for every build and dtype (acc_t: the accumulation type):
+//  1. AVX-512, stride 1 with same padding (Ho = H, Wo = W): the row-flattened kernels, whose
+//     vector loop over flat pixel indices keeps every lane busy whatever W is. They are built
+//     for AVX-512 only, where masked FMAs cost what plain ones do and 32 registers hold their
+//     register blocks; elsewhere the kernels below are faster. One exception: the forward of
+//     groups of exactly one vector of channels with K = 7, stride 1, dilation 1 and rows of at
+//     least a register block of pixels, where the dense channel-vectorised kernel's aligned
+//     loads and broadcast weights beat the flat kernel's loads, which straddle cache lines.
+//  2. forward and grad_input with C/G of one or two vectors: the channel-vectorised kernels.
+//  3. Everything else: the panel kernels (grad_weight has no channel-vectorised kernel).
+enum class Op { kForward, kGradInput, kGradWeight };
+enum class Family { kPanel, kChannelVec, kFlat };
+
 template <typename acc_t>
-inline bool dense_forward_preferred(const InvolutionShape& sh) {
-  return sh.channels_per_group() == Vec<acc_t>::size() && sh.stride == 1 && sh.dilation == 1 &&
-         sh.K == 7 && sh.Wo >= dense_pixel_block<1>();
+inline Family kernel_family(Op op, const InvolutionShape& sh) {
+  const int64_t CG = sh.channels_per_group(), VS = Vec<acc_t>::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool same_stride1 = sh.stride == 1 && sh.Ho == sh.H && sh.Wo == sh.W;
+  const bool dense_forward = op == Op::kForward && CG == VS && sh.stride == 1 &&
+                             sh.dilation == 1 && sh.K == 7 && sh.Wo >= dense_pixel_block<1>();
+  if (same_stride1 && !dense_forward) return Family::kFlat;
+#endif
+  if (op != Op::kGradWeight && (CG == VS || CG == 2 * VS)) return Family::kChannelVec;
+  return Family::kPanel;
 }
 
-// The forward_cv_impl instance for this geometry: dense ones for K = 3 and 7 (RedNet's stems
-// and blocks), the general one otherwise.
-template <typename scalar_t, int64_t NV>
-inline auto forward_cv_kernel(const InvolutionShape& sh) {
-  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return &forward_cv_impl<scalar_t, NV, 7>;
-  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return &forward_cv_impl<scalar_t, NV, 3>;
-  return &forward_cv_impl<scalar_t, NV, 0>;
-}
-
-template <typename scalar_t, int64_t NV>
-inline auto grad_input_cv_kernel(const InvolutionShape& sh) {
-  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return &grad_input_cv_impl<scalar_t, NV, 7>;
-  if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return &grad_input_cv_impl<scalar_t, NV, 3>;
-  return &grad_input_cv_impl<scalar_t, NV, 0>;
-}
-
-// Runs the channel-vectorised kernel when C/G is 1 or 2 vectors, else the general one.
-template <typename acc_t, typename CV1, typename CV2, typename General>
-inline void choose_kernel(int64_t channels_per_group, const CV1& cv1, const CV2& cv2,
-                          const General& general) {
-  constexpr int64_t VS = Vec<acc_t>::size();
-  if (channels_per_group == VS) return cv1();
-  if (channels_per_group == 2 * VS) return cv2();
-  general();
+// The instance of a channel-vectorised kernel for a call of that family: instance(NV, DenseK)
+// returns kernel<scalar_t, NV, DenseK> for NV = C/G in vectors and, as BlockSize constants,
+// DenseK = K for K = 3 and 7 at stride 1 and dilation 1 (RedNet's stems and blocks), else 0
+// (any geometry).
+template <typename acc_t, typename Instance>
+inline auto channel_vec_kernel(const InvolutionShape& sh, const Instance& instance) {
+  auto with_vectors = [&](auto nv) {
+    if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return instance(nv, BlockSize<7>{});
+    if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return instance(nv, BlockSize<3>{});
+    return instance(nv, BlockSize<0>{});
+  };
+  if (sh.channels_per_group() == Vec<acc_t>::size()) return with_vectors(BlockSize<1>{});
+  return with_vectors(BlockSize<2>{});
 }
 
 template <typename Fn>
@@ -63,6 +68,9 @@ void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
 
 }  // namespace
 
+// Each entry point runs the kernel of the family that kernel_family names; `default` is the
+// panel family (builds without the flat kernels never get Family::kFlat).
+
 void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* input,
              const Strides4& input_strides, const void* weight, void* output,
              const Strides4& output_strides) {
@@ -71,15 +79,19 @@ void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* in
     const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(input), input_strides,
                                       static_cast<const scalar_t*>(weight),
                                       static_cast<scalar_t*>(output), output_strides);
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kForward, shape)) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if (flat_kernels_apply(shape) && !dense_forward_preferred<at::opmath_type<scalar_t>>(shape))
-      return std::apply(gather_flat_impl<scalar_t, false>, args);
+      case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, false>, args);
 #endif
-    choose_kernel<at::opmath_type<scalar_t>>(
-        shape.channels_per_group(),
-        [&] { std::apply(forward_cv_kernel<scalar_t, 1>(shape), args); },
-        [&] { std::apply(forward_cv_kernel<scalar_t, 2>(shape), args); },
-        [&] { std::apply(forward_impl<scalar_t>, args); });
+      case Family::kChannelVec: {
+        const auto kernel = channel_vec_kernel<acc_t>(shape, [](auto nv, auto dense) {
+          return &forward_cv_impl<scalar_t, decltype(nv)::value, decltype(dense)::value>;
+        });
+        return std::apply(kernel, args);
+      }
+      default: return std::apply(forward_impl<scalar_t>, args);
+    }
   });
 }
 
@@ -91,14 +103,19 @@ void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void*
     const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(grad_output),
                                       grad_output_strides, static_cast<const scalar_t*>(weight),
                                       static_cast<scalar_t*>(grad_input), grad_input_strides);
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kGradInput, shape)) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if (flat_kernels_apply(shape)) return std::apply(gather_flat_impl<scalar_t, true>, args);
+      case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, true>, args);
 #endif
-    choose_kernel<at::opmath_type<scalar_t>>(
-        shape.channels_per_group(),
-        [&] { std::apply(grad_input_cv_kernel<scalar_t, 1>(shape), args); },
-        [&] { std::apply(grad_input_cv_kernel<scalar_t, 2>(shape), args); },
-        [&] { std::apply(grad_input_impl<scalar_t>, args); });
+      case Family::kChannelVec: {
+        const auto kernel = channel_vec_kernel<acc_t>(shape, [](auto nv, auto dense) {
+          return &grad_input_cv_impl<scalar_t, decltype(nv)::value, decltype(dense)::value>;
+        });
+        return std::apply(kernel, args);
+      }
+      default: return std::apply(grad_input_impl<scalar_t>, args);
+    }
   });
 }
 
@@ -110,10 +127,13 @@ void grad_weight(const InvolutionShape& shape, c10::ScalarType dtype, const void
     const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(grad_output),
                                       grad_output_strides, static_cast<const scalar_t*>(input),
                                       input_strides, static_cast<scalar_t*>(grad_weight));
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kGradWeight, shape)) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if (flat_kernels_apply(shape)) return std::apply(grad_weight_flat_impl<scalar_t>, args);
+      case Family::kFlat: return std::apply(grad_weight_flat_impl<scalar_t>, args);
 #endif
-    std::apply(grad_weight_impl<scalar_t>, args);
+      default: return std::apply(grad_weight_impl<scalar_t>, args);
+    }
   });
 }
 

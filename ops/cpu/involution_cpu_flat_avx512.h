@@ -23,10 +23,6 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-inline bool flat_kernels_apply(const InvolutionShape& sh) {
-  return sh.stride == 1 && sh.Ho == sh.H && sh.Wo == sh.W;
-}
-
 // The lanes l of a vector with bit l of `bits` set.
 template <typename acc_t>
 struct LaneMask {
