@@ -1,9 +1,9 @@
-// Channel-vectorised kernels (forward, grad_input), for C/G of one or two vectors.
-// When the channels of a group fill whole vectors (C/G a multiple of the vector width, e.g.
-// 16 with AVX-512), the group's channels of one pixel form aligned vectors and the pixel's
-// kernel value is one broadcast: one weight serves a whole vector, and no load straddles
-// the shifted windows of the taps. The panels hold the rows in pixel-major order
-// ([row][column][channel]); outputs are accumulated per pixel and transposed back.
+// Channel-vectorised kernels (forward, grad_input) for groups of one or two whole vectors of
+// channels (NV = 1 or 2; e.g. C/G = 16 or 32 floats with AVX-512). The group's channels of one
+// pixel then form aligned vectors and the pixel's kernel value is one broadcast: one weight
+// serves a whole vector, and no load straddles the shifted windows of the taps. The panels
+// hold the rows in pixel-major order ([row][column][channel]); outputs are accumulated per
+// pixel and transposed back.
 #pragma once
 
 #include <cstdint>
@@ -152,18 +152,18 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
                     acc[r][nv] = at::vec::fmadd(wv, xv[r + v][nv], acc[r][nv]);
                 }
               }
-              continue;
-            }
-            for (int64_t v = 0; v < K; ++v) {
-              const acc_t* x_uv = x_u + v * d * CG;
-              const acc_t* w_uv = w_u + v * uv_stride;
-              INVOLUTION_UNROLL
-              for (int64_t r = 0; r < RB; ++r) {
-                const Vec<acc_t> wv(w_uv[r]);
+            } else {
+              for (int64_t v = 0; v < K; ++v) {
+                const acc_t* x_uv = x_u + v * d * CG;
+                const acc_t* w_uv = w_u + v * uv_stride;
                 INVOLUTION_UNROLL
-                for (int64_t nv = 0; nv < NV; ++nv)
-                  acc[r][nv] = at::vec::fmadd(wv, Vec<acc_t>::loadu(x_uv + r * s * CG + nv * VS),
-                                              acc[r][nv]);
+                for (int64_t r = 0; r < RB; ++r) {
+                  const Vec<acc_t> wv(w_uv[r]);
+                  INVOLUTION_UNROLL
+                  for (int64_t nv = 0; nv < NV; ++nv)
+                    acc[r][nv] = at::vec::fmadd(
+                        wv, Vec<acc_t>::loadu(x_uv + r * s * CG + nv * VS), acc[r][nv]);
+                }
               }
             }
           }
@@ -241,18 +241,18 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
                       acc[r][nv] = at::vec::fmadd(wv, gv[r - v + DenseK - 1][nv], acc[r][nv]);
                   }
                 }
-                continue;
-              }
-              for (const auto& tap : taps.by_phase[phi]) {
-                const acc_t* w_t = w_r + tap.v * n_i * row_len + tap.jofs;
-                const acc_t* go_t = go_r + tap.jofs * CG;
-                INVOLUTION_UNROLL
-                for (int64_t r = 0; r < RB; ++r) {
-                  const Vec<acc_t> wv(w_t[r]);
+              } else {
+                for (const auto& tap : taps.by_phase[phi]) {
+                  const acc_t* w_t = w_r + tap.v * n_i * row_len + tap.jofs;
+                  const acc_t* go_t = go_r + tap.jofs * CG;
                   INVOLUTION_UNROLL
-                  for (int64_t nv = 0; nv < NV; ++nv)
-                    acc[r][nv] = at::vec::fmadd(wv, Vec<acc_t>::loadu(go_t + r * CG + nv * VS),
-                                                acc[r][nv]);
+                  for (int64_t r = 0; r < RB; ++r) {
+                    const Vec<acc_t> wv(w_t[r]);
+                    INVOLUTION_UNROLL
+                    for (int64_t nv = 0; nv < NV; ++nv)
+                      acc[r][nv] = at::vec::fmadd(
+                          wv, Vec<acc_t>::loadu(go_t + r * CG + nv * VS), acc[r][nv]);
+                  }
                 }
               }
             }

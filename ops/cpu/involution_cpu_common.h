@@ -127,9 +127,9 @@ class TaskGrid {
 
 // ---- Channel and pixel blocks -----------------------------------------------------------
 
-// Channels of one group computed together: each weight vector is loaded once and used for
-// kBlock channels, whose accumulators stay in registers (32 vector registers with AVX-512,
-// 16 otherwise).
+// Channels of one group computed together (panel and flat kernels): each weight vector is
+// loaded once and used for up to kMaxChannelBlock channels, whose accumulators stay in
+// registers (32 vector registers with AVX-512, 16 otherwise).
 constexpr int64_t kMaxChannelBlock = Vec<float>::size() >= 16 ? 16 : 8;
 
 template <int64_t N>

@@ -1,17 +1,13 @@
-// Row-flattened kernels (AVX-512 only).
-// With stride 1 and "same" padding (Ho = H, Wo = W, so 2p = (K-1)d) an output pixel and the
-// input pixel it centres on have the same flat index q = i*W + j, and tap (u, v) of every pixel
-// sits at the fixed offset (u*d - p)*W + v*d - p. A block of rows is then one vector loop over
-// q with every lane in use, whatever W is (7x7 rows fill 7 of 16 lanes in the kernels above),
-// with the weight planes, grad_output and the results in their NCHW places: no transposes,
-// and a plain copy of the rows each task reads for the other operand. Taps that leave the
-// image (above/below, or across the left/right edge, where the flat index wraps into the
-// neighbouring row) are dropped by lane masks. Each output element is still written by one
-// task, in a fixed order: deterministic, no atomics.
-//
-// They are built for AVX-512 only, whose masked FMAs cost what plain ones do and whose 32
-// registers hold their register blocks; with AVX2 and DEFAULT they measured slower than the
-// panel kernels at 28x28 and up, so those run there.
+// Row-flattened kernels (forward, grad_input, grad_weight) for stride 1 with "same" padding
+// (Ho = H, Wo = W, so 2p = (K-1)d), built for AVX-512 only (kernel_family in
+// involution_cpu_dispatch.h says why). With that geometry an output pixel and the input pixel
+// it centres on have the same flat index q = i*W + j, and tap (u, v) of every pixel sits at the
+// fixed offset (u*d - p)*W + v*d - p. A block of rows is then one vector loop over q with every
+// lane in use, whatever W is (a panel kernel's 7-pixel rows fill 7 of 16 lanes), with the
+// weight planes, grad_output and the results in their NCHW places: no transposes, and a plain
+// copy of the rows each task reads for the other operand. Taps that leave the image
+// (above/below, or across the left/right edge, where the flat index wraps into the
+// neighbouring row) are dropped by lane masks.
 #pragma once
 
 #include "involution_cpu_common.h"
