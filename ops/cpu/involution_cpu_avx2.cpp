@@ -10,5 +10,5 @@
 #define __F16C__ 1
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#include "involution_cpu_impl.h"
+#include "involution_cpu_dispatch.h"
 #endif

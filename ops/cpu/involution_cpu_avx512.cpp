@@ -12,5 +12,5 @@
 #define __AVX512DQ__ 1
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "involution_cpu_impl.h"
+#include "involution_cpu_dispatch.h"
 #endif

@@ -1,4 +1,4 @@
-// Entry points of the CPU kernels, compiled once per instruction set (see involution_cpu_impl.h).
+// Entry points of the CPU kernels, compiled once per instruction set (involution_cpu_dispatch.h).
 #pragma once
 
 #include <c10/core/ScalarType.h>

@@ -1,0 +1,142 @@
+// The entry points of one kernel build (involution_cpu_kernels.h) and the one place that
+// decides which kernel family runs for a call.
+#pragma once
+
+#include <tuple>
+
+#include "involution_cpu_channel_vec.h"
+#include "involution_cpu_common.h"
+#include "involution_cpu_flat_avx512.h"
+#include "involution_cpu_panel.h"
+
+namespace involution_mm {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+// Which kernel family runs, for every build and dtype (acc_t: the accumulation type):
+//  1. AVX-512, stride 1 with same padding (Ho = H, Wo = W): the row-flattened kernels, whose
+//     vector loop over flat pixel indices keeps every lane busy whatever W is. They are built
+//     for AVX-512 only, where masked FMAs cost what plain ones do and 32 registers hold their
+//     register blocks; elsewhere the kernels below are faster. One exception: the forward of
+//     groups of exactly one vector of channels with K = 7, stride 1, dilation 1 and rows of at
+//     least a register block of pixels, where the dense channel-vectorised kernel's aligned
+//     loads and broadcast weights beat the flat kernel's loads, which straddle cache lines.
+//  2. forward and grad_input with C/G of one or two vectors: the channel-vectorised kernels.
+//  3. Everything else: the panel kernels (grad_weight has no channel-vectorised kernel).
+enum class Op { kForward, kGradInput, kGradWeight };
+enum class Family { kPanel, kChannelVec, kFlat };
+
+template <typename acc_t>
+inline Family kernel_family(Op op, const InvolutionShape& sh) {
+  const int64_t CG = sh.channels_per_group(), VS = Vec<acc_t>::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool same_stride1 = sh.stride == 1 && sh.Ho == sh.H && sh.Wo == sh.W;
+  const bool dense_forward = op == Op::kForward && CG == VS && sh.stride == 1 &&
+                             sh.dilation == 1 && sh.K == 7 && sh.Wo >= dense_pixel_block<1>();
+  if (same_stride1 && !dense_forward) return Family::kFlat;
+#endif
+  if (op != Op::kGradWeight && (CG == VS || CG == 2 * VS)) return Family::kChannelVec;
+  return Family::kPanel;
+}
+
+// The instance of a channel-vectorised kernel for a call of that family: instance(NV, DenseK)
+// returns kernel<scalar_t, NV, DenseK> for NV = C/G in vectors and, as BlockSize constants,
+// DenseK = K for K = 3 and 7 at stride 1 and dilation 1 (RedNet's stems and blocks), else 0
+// (any geometry).
+template <typename acc_t, typename Instance>
+inline auto channel_vec_kernel(const InvolutionShape& sh, const Instance& instance) {
+  auto with_vectors = [&](auto nv) {
+    if (sh.stride == 1 && sh.dilation == 1 && sh.K == 7) return instance(nv, BlockSize<7>{});
+    if (sh.stride == 1 && sh.dilation == 1 && sh.K == 3) return instance(nv, BlockSize<3>{});
+    return instance(nv, BlockSize<0>{});
+  };
+  if (sh.channels_per_group() == Vec<acc_t>::size()) return with_vectors(BlockSize<1>{});
+  return with_vectors(BlockSize<2>{});
+}
+
+template <typename Fn>
+void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return fn(float{});
+    case c10::ScalarType::Double: return fn(double{});
+    case c10::ScalarType::Half: return fn(c10::Half{});
+    case c10::ScalarType::BFloat16: return fn(c10::BFloat16{});
+    default: TORCH_CHECK(false, "involution: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+// Each entry point runs the kernel of the family that kernel_family names; `default` is the
+// panel family (builds without the flat kernels never get Family::kFlat).
+
+void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* input,
+             const Strides4& input_strides, const void* weight, void* output,
+             const Strides4& output_strides) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(input), input_strides,
+                                      static_cast<const scalar_t*>(weight),
+                                      static_cast<scalar_t*>(output), output_strides);
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kForward, shape)) {
+#if defined(CPU_CAPABILITY_AVX512)
+      case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, false>, args);
+#endif
+      case Family::kChannelVec: {
+        const auto kernel = channel_vec_kernel<acc_t>(shape, [](auto nv, auto dense) {
+          return &forward_cv_impl<scalar_t, decltype(nv)::value, decltype(dense)::value>;
+        });
+        return std::apply(kernel, args);
+      }
+      default: return std::apply(forward_impl<scalar_t>, args);
+    }
+  });
+}
+
+void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void* grad_output,
+                const Strides4& grad_output_strides, const void* weight, void* grad_input,
+                const Strides4& grad_input_strides) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(grad_output),
+                                      grad_output_strides, static_cast<const scalar_t*>(weight),
+                                      static_cast<scalar_t*>(grad_input), grad_input_strides);
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kGradInput, shape)) {
+#if defined(CPU_CAPABILITY_AVX512)
+      case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, true>, args);
+#endif
+      case Family::kChannelVec: {
+        const auto kernel = channel_vec_kernel<acc_t>(shape, [](auto nv, auto dense) {
+          return &grad_input_cv_impl<scalar_t, decltype(nv)::value, decltype(dense)::value>;
+        });
+        return std::apply(kernel, args);
+      }
+      default: return std::apply(grad_input_impl<scalar_t>, args);
+    }
+  });
+}
+
+void grad_weight(const InvolutionShape& shape, c10::ScalarType dtype, const void* grad_output,
+                 const Strides4& grad_output_strides, const void* input,
+                 const Strides4& input_strides, void* grad_weight) {
+  dispatch_dtype(dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(grad_output),
+                                      grad_output_strides, static_cast<const scalar_t*>(input),
+                                      input_strides, static_cast<scalar_t*>(grad_weight));
+    using acc_t = at::opmath_type<scalar_t>;
+    switch (kernel_family<acc_t>(Op::kGradWeight, shape)) {
+#if defined(CPU_CAPABILITY_AVX512)
+      case Family::kFlat: return std::apply(grad_weight_flat_impl<scalar_t>, args);
+#endif
+      default: return std::apply(grad_weight_impl<scalar_t>, args);
+    }
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace involution_mm
