@@ -22,6 +22,8 @@ def involution_out_size(size, kernel_size, stride=1, dilation=1, padding=0):
 
 
 def default_padding(kernel_size, dilation=1):
+    _check_int('kernel_size', kernel_size, 1)
+    _check_int('dilation', dilation, 1)
     return dilation * (kernel_size - 1) // 2
 
 
@@ -36,6 +38,7 @@ def _check_int(name, value, minimum):
 def canonical_weight(weight, kernel_size):
     """Returns the weight as (B, G, K, K, Ho, Wo), accepting the flat (B, G*K*K, Ho, Wo)
     layout that the kernel-generation branch produces."""
+    _check_int('kernel_size', kernel_size, 1)
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f'involution: weight must be a Tensor, got {type(weight).__name__}')
     if weight.dim() == 4:
