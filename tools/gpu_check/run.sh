@@ -17,13 +17,16 @@
 #   benchmark_model_* 60  tools/benchmark_model.py --device cuda: RedNet-50 vs ResNet-50,
 #                         inference and training step, batch 32 at 224x224, float32 / AMP
 #   summary           15  summary.md: every stage, parity per dtype, the benchmark figures
-# Without a GPU the GPU stages are reported as skipped, with the reason, and the build and
-# op-test budgets are 900 s each (a 2-core machine builds the three CPU kernel builds slowly).
+# A stage gets at most what is left of the whole run's budget (GPU_CHECK_TOTAL, default 465 s,
+# less 15 s kept for the summary), so the run stays under 8 minutes; stages that find nothing
+# left are reported as skipped. Without a GPU the GPU stages are reported as skipped, with the
+# reason, and the build and op-test budgets are 900 s each and the total 2400 s (a 2-core
+# machine builds the three CPU kernel builds slowly).
 #
 # Everything lands in OUT_DIR: <stage>.log, stages.tsv, environment.json, op_tests.xml, the
 # benchmark JSONs, summary.md and summary.json.
 # Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default gpu_check_wheels),
-# AMP_DTYPE of the AMP model run (default float16).
+# AMP_DTYPE of the AMP model run (default float16), GPU_CHECK_TOTAL (seconds, see above).
 # Exit status: 0 if no stage failed (skipped ones count as passed), 1 otherwise, 2 on bad usage.
 set -u
 
@@ -56,6 +59,14 @@ record() {  # name status seconds budget detail
 stage() {
   local name="$1" budget="$2" start=$SECONDS rc
   shift 2
+  local left=$((TOTAL - SECONDS))
+  [[ "$name" != summary ]] && left=$((left - 15))
+  if (( left < 5 )); then
+    skip "$name" "the run's ${TOTAL} s total budget is spent"
+    FAILED=1
+    return 1
+  fi
+  (( budget > left )) && budget=$left
   timeout --kill-after=10 "$budget" bash -c '"$@"' _ "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   local took=$((SECONDS - start))
@@ -83,9 +94,9 @@ fi
 NO_GPU="no CUDA device (torch.cuda.is_available() is False with $($PYTHON -c 'import torch; print(torch.__version__)'))"
 export HAS_GPU
 if [[ "$HAS_GPU" == 1 ]]; then
-  BUILD_BUDGET=240; TEST_BUDGET=150
+  BUILD_BUDGET=240; TEST_BUDGET=150; TOTAL="${GPU_CHECK_TOTAL:-465}"
 else
-  BUILD_BUDGET=900; TEST_BUDGET=900
+  BUILD_BUDGET=900; TEST_BUDGET=900; TOTAL="${GPU_CHECK_TOTAL:-2400}"
 fi
 
 # ---- environment
