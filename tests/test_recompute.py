@@ -48,7 +48,8 @@ def _step(model, x):
     dict(),
     dict(strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)),
     dict(style='caffe', avg_down=True),
-], ids=['default', 'dilated', 'caffe'])
+    dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),  # one process: nothing to sync
+], ids=['default', 'dilated', 'caffe', 'syncbn'])
 def test_rednet_chains_give_the_plain_results(kwargs):
     chained, plain = _twin_rednets(torch.float64, **kwargs)
     x = torch.randn(2, 3, 67, 61, dtype=torch.float64)  # odd sizes: the ceil-mode pools

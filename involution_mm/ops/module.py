@@ -71,7 +71,9 @@ class Involution(nn.Module):
         return involution_stages(self) if self.recompute_kernel else None
 
     def forward(self, x):
-        if self.recompute_kernel:
+        # compiled, a chain is an activation-checkpointed region calling this forward: here
+        # the layer takes its own path (see involution_mm.ops.recompute)
+        if self.recompute_kernel and not torch.compiler.is_compiling():
             chain = make_chain([self], x)
             if chain is not None:
                 return chain(x)

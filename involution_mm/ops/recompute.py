@@ -10,6 +10,10 @@ derivative there. The last layer's output is not recomputed: a chain ending in a
 costs no extra GEMM. Values and gradients are those of the layers called one by one, to
 rounding: a chain's BN normalises with its own elementwise formula, bitwise the same in
 the forward and in its recomputation.
+
+Under torch.compile a chain is the layers in an activation-checkpointed region instead: the
+compiler merges a backward's recomputation with the forward's identical values and saves
+those, while a checkpointed region it recomputes itself (updating BN statistics once).
 """
 import torch
 import torch.distributed as dist
@@ -17,11 +21,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from torch.nn.modules.utils import _pair
+from torch.utils.checkpoint import checkpoint
 
 from .involution import HAS_EXTENSION, involution
 from .pointwise import _without_hooks, conv1x1, conv1x1_backward
 from .pooling import ceil_avg_pool, ceil_avg_pool_backward
-from .reference import canonical_weight
+from .reference import canonical_weight, default_padding
 
 #: the dtypes a chain runs in; others (and autocast) take the layers one by one
 CHAIN_DTYPES = (torch.float32, torch.float64)
@@ -71,7 +76,7 @@ class _Pass:
                 raise ValueError('Expected more than 1 value per channel when training, got '
                                  f'input size {tuple(x.shape)}')
             var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            self.new_stats += [mean, var, var * (count / (count - 1))]
+            self.new_stats.append((mean, var, var * (count / (count - 1))))
         invstd = torch.rsqrt(var + eps)
         if self.recording:
             needs = (self.needs_grad[first] and weight is not None,
@@ -164,9 +169,8 @@ class _RecomputedChain(torch.autograd.Function):
     def forward(ctx, stages, x, *tensors):
         run = _Pass(tensors)
         out = run.run(stages, x)
-        stats = run.new_stats
-        saved_stats = [t for i, t in enumerate(stats) if i % 3 != 2]  # mean, biased var
-        running = [t for i, t in enumerate(stats) if i % 3 != 1]      # mean, unbiased var
+        saved_stats = [t for mean, var, _ in run.new_stats for t in (mean, var)]
+        running = [t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)]
         ctx.stages = stages
         ctx.num_tensors = len(tensors)
         ctx.save_for_backward(x, *tensors, *saved_stats)
@@ -276,12 +280,20 @@ def make_chain(modules, x):
     stages = tuple(stages)
 
     def chain(inp):
+        if torch.compiler.is_compiling():
+            return checkpoint(_in_order, modules, inp, use_reentrant=False)
         out, *stats = _RecomputedChain.apply(stages, inp, *tensors)
         for bn, mean, unbiased_var in zip(norms, stats[0::2], stats[1::2]):
             if bn is not None:
                 _update_running_stats(bn, mean, unbiased_var)
         return out
     return chain
+
+
+def _in_order(modules, x):
+    for module in modules:
+        x = module(x)
+    return x
 
 
 def involution_stages(module):
@@ -294,6 +306,6 @@ def involution_stages(module):
     if branch is None:
         return None
     stages, tensors, norms = branch
-    padding = module.dilation * (module.kernel_size - 1) // 2
+    padding = default_padding(module.kernel_size, module.dilation)
     return ([('involution', module.kernel_size, module.stride, module.dilation, padding,
               tuple(stages))], tensors, norms)

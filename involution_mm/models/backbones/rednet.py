@@ -83,10 +83,10 @@ class Bottleneck(nn.Module):
         if self.downsample is not None:
             for layer in self.downsample:
                 identity = pointwise_conv(identity, layer)
-        chain = self.recompute_activations and make_chain(
-            [self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3], x)
+        chain = make_chain([self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3],
+                           x) if self.recompute_activations else None
         out = pointwise_conv(x, self.conv1)
-        if chain:
+        if chain is not None:
             out = chain(out)
         else:
             out = self.relu(self.bn1(out))
