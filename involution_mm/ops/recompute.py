@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
+from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.nn.modules.utils import _pair
 from torch.utils.checkpoint import checkpoint
 
@@ -30,6 +31,9 @@ from .reference import canonical_weight, default_padding
 
 #: the dtypes a chain runs in; others (and autocast) take the layers one by one
 CHAIN_DTYPES = (torch.float32, torch.float64)
+#: the BNs a chain computes itself; mmengine's SyncBatchNorm (what ``norm_cfg=dict(type=
+#: 'SyncBN')`` builds) changes only the check of the input's dimensions
+BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, MMEngineSyncBatchNorm)
 
 
 def _is_pointwise(weight, stride, padding, dilation, groups):
@@ -190,7 +194,7 @@ class _RecomputedChain(torch.autograd.Function):
 
 
 def _syncs_across_processes(bn):
-    return (type(bn) is nn.SyncBatchNorm and bn.training and dist.is_available()
+    return (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available()
             and dist.is_initialized() and dist.get_world_size(bn.process_group) > 1)
 
 
@@ -205,7 +209,7 @@ def module_stages(modules):
         if not _without_hooks(module):
             return None
         kind = type(module)
-        if kind in (nn.BatchNorm2d, nn.SyncBatchNorm) and not _syncs_across_processes(module):
+        if kind in BATCH_NORMS and not _syncs_across_processes(module):
             batch_stats = module.training or module.running_mean is None
             stages.append(('bn', module.eps, batch_stats))
             tensors += [module.weight, module.bias] + (
