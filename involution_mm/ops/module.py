@@ -71,8 +71,8 @@ class Involution(nn.Module):
         return involution_stages(self) if self.recompute_kernel else None
 
     def forward(self, x):
-        # compiled, a chain is an activation-checkpointed region calling this forward: here
-        # the layer takes its own path (see involution_mm.ops.recompute)
+        # compiled, a chain is a checkpointed region that calls its layers, this one included
+        # (see involution_mm.ops.recompute): a chain of its own here would call it again
         if self.recompute_kernel and not torch.compiler.is_compiling():
             chain = make_chain([self], x)
             if chain is not None:
