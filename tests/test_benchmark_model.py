@@ -1,8 +1,11 @@
 """tools/benchmark_model.py: a tiny run writes the JSON and plot the README quotes."""
+import importlib.util
 import json
+import os
 
 import pytest
 import torch
+import torch.nn as nn
 
 TOOL = 'tools/benchmark_model.py'
 
@@ -26,6 +29,11 @@ def test_tiny_run_writes_json_and_plot(tmp_path, tools):
         assert row['time_ratio'] == pytest.approx(
             res['time_ms']['rednet26'] / res['time_ms']['resnet50'])
         assert all(v > 0 for v in res['peak_memory_mib'].values())
+    saved = results['train_bs8']['saved_for_backward_mib']
+    assert set(saved) == {'rednet26', 'resnet50'} and saved['rednet26'] < saved['resnet50']
+    (row, ) = results['train_bs8']['ratios']
+    assert row['saved_for_backward_ratio'] == pytest.approx(saved['rednet26'] / saved['resnet50'])
+    assert 'saved_for_backward_mib' not in results['infer_bs1']
     # training holds gradients and momentum: more memory than inference
     assert (results['train_bs8']['peak_memory_mib']['resnet50']
             > results['infer_bs1']['peak_memory_mib']['resnet50'])
@@ -66,3 +74,26 @@ def test_bad_arguments(args, message, tools):
 def test_cuda_mode_without_a_gpu_says_so(tools):
     result = tools.run_tool([TOOL, '--device', 'cuda'])
     assert result.returncode == 2 and 'no CUDA device is available' in result.stdout
+
+
+def _load_tool(root):
+    spec = importlib.util.spec_from_file_location('benchmark_model_tool',
+                                                  os.path.join(root, TOOL))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+class _TwoViews(nn.Module):
+    def forward(self, x):
+        y = x * 2  # saves nothing: the gradient is a constant times the incoming one
+        return y[:, :1] * y[:, 1:]  # saves two views of y
+
+
+def test_saved_bytes_count_each_storage_once_and_no_parameters(tools):
+    tool = _load_tool(tools.ROOT)
+    x = torch.randn(2, 3, 5, 5)
+    conv_relu = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    # the conv keeps x (and its weight, a parameter), the ReLU its output
+    assert tool.saved_for_backward_bytes(conv_relu, x) == x.nbytes + 2 * 4 * 5 * 5 * 4
+    assert tool.saved_for_backward_bytes(_TwoViews(), x.requires_grad_()) == x.nbytes

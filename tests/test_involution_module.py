@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from involution_mm.ops import Involution, involution, involution_reference
-from involution_mm.ops.module import ceil_avg_pool
+from involution_mm.ops.pooling import ceil_avg_pool, ceil_avg_pool_backward
 
 
 def test_official_parameter_names_and_shapes():
@@ -41,6 +41,9 @@ def test_ceil_avg_pool_equals_ceil_mode_avg_pool(size, stride):
     expected = nn.AvgPool2d(stride, stride, ceil_mode=True)(x)
     torch.testing.assert_close(ceil_avg_pool(x, stride), expected)
     assert torch.autograd.gradcheck(lambda t: ceil_avg_pool(t, stride), (x,))
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(ceil_avg_pool_backward(grad, size, stride),
+                               torch.autograd.grad(expected, x, grad)[0])
 
 
 def test_norm_and_act_cfg_reach_the_kernel_branch():

@@ -122,3 +122,36 @@ def test_strided_1x1_conv_takes_every_strided_pixel(stride, size):
     out = pointwise_conv(x, conv)
     torch.testing.assert_close(out, conv(x))
     assert torch.autograd.gradcheck(lambda t: pointwise_conv(t, conv), (x,))
+
+
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('stride', [1, 2])
+def test_pointwise_conv_keeps_its_input_not_a_copy(shape, stride):
+    """Autograd through the GEMMs would keep their operands: the strided pixels, or the
+    folded batch's transposed copy, each a second tensor with values x already holds."""
+    batch, c, h, width, o = SHAPES[shape]
+    conv = nn.Conv2d(c, o, 1, stride=stride, bias=True)
+    x = torch.randn(batch, c, h, width, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = pointwise_conv(x, conv)
+    storages = {t.untyped_storage().data_ptr() for t in saved}
+    assert storages == {x.untyped_storage().data_ptr(), conv.weight.untyped_storage().data_ptr()}
+    grads = torch.autograd.grad(out.sum(), (x, conv.weight, conv.bias))
+    expected = torch.autograd.grad(conv(x).sum(), (x, conv.weight, conv.bias))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
+
+
+def test_pointwise_conv_under_autocast_gives_float32_gradients():
+    conv = nn.Conv2d(32, 16, 1, stride=2)
+    x = torch.randn(3, 32, 4, 4, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = pointwise_conv(x, conv)
+        expected = conv(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), (x, conv.weight, conv.bias))
+    expected_grads = torch.autograd.grad(expected.float().sum(), (x, conv.weight, conv.bias))
+    for g, e in zip(grads, expected_grads):
+        assert g.dtype == e.dtype == torch.float32
+        torch.testing.assert_close(g, e, atol=0.05, rtol=0.02)

@@ -6,6 +6,8 @@ Scenarios (``--scenarios``; N is the batch size):
 * ``infer_bsN_fused``: the same after folding every BN that follows a conv into it
   (mmcv's ``fuse_conv_bn``, applied to both networks alike);
 * ``train_bsN``: backbone forward + backward + SGD step (momentum, weight decay), 224x224;
+  with it, the bytes the training forward saves for backward, per image
+  (``saved_for_backward_mib``, see :func:`saved_for_backward_bytes`);
 * ``mask_rcnn_train``: one training iteration (``model.train_step``: preprocessing,
   forward, losses, backward, SGD step) of the stock mmdet Mask R-CNN R-50-FPN config and of
   ``configs/mask_rcnn_rednet50_fpn_coco.py`` on 2 images of ``--det-size`` (default 512)
@@ -263,6 +265,36 @@ def time_scenario(scenario, args):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def saved_for_backward_bytes(model, x):
+    """Bytes of the distinct storages that one training forward of ``model`` on ``x`` saves
+    for backward (``torch.autograd.graph.saved_tensors_hooks``), not counting the model's
+    parameters and buffers: what a device holds between forward and backward for the batch.
+    Views of one storage count once. Deterministic, unlike resident-memory peaks."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    return sum(storages.values())
+
+
+def saved_for_backward_mib(name, args, batch=2):
+    """:func:`saved_for_backward_bytes` of backbone ``name`` in training mode (every BN on
+    batch statistics), per ``--image-size`` image, in MiB."""
+    torch.manual_seed(0)
+    model = build_backbone(name, args)
+    model.train()  # mmdet's ResNet.train returns None
+    x = to_device(torch.randn(batch, 3, args.image_size, args.image_size), args)
+    amp_dtype = getattr(torch, args.amp) if args.amp else None
+    with torch.autocast(args.device, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return saved_for_backward_bytes(model, x) / batch / 2 ** 20
+
+
 def memory_probe(name, scenario, args):
     """Peak resident-memory growth of building and running two iterations (the second has the
     optimizer state) over this process after its imports."""
@@ -311,7 +343,7 @@ def measure_memory(name, scenario, args):
     return int(out.strip().splitlines()[-1])
 
 
-def ratios(scenario, times, memory):
+def ratios(scenario, times, memory, saved):
     pairs = DET_PAIRS if scenario == 'mask_rcnn_train' else PAIRS
     rows = []
     for red, res in pairs.items():
@@ -319,6 +351,8 @@ def ratios(scenario, times, memory):
             row = {'rednet': red, 'resnet': res, 'time_ratio': times[red] / times[res]}
             if red in memory and res in memory:
                 row['memory_ratio'] = memory[red] / memory[res]
+            if red in saved and res in saved:
+                row['saved_for_backward_ratio'] = saved[red] / saved[res]
             rows.append(row)
     return rows
 
@@ -381,10 +415,17 @@ def main(argv=None):
         memory = {} if args.no_memory else {
             name: measure_memory(name, scenario, args) / 2 ** 20
             for name in scenario_models(scenario, args)}
+        kind = (backbone_scenario(scenario) or ('detector',))[0]
+        saved = {name: saved_for_backward_mib(name, args) for name in times
+                 } if kind == 'train' else {}
         results[scenario] = {'time_ms': {k: v * 1e3 for k, v in times.items()},
-                             'ratios': ratios(scenario, times, memory)}
+                             'ratios': ratios(scenario, times, memory, saved)}
         if memory:
             results[scenario]['peak_memory_mib'] = memory
+        if saved:
+            results[scenario]['saved_for_backward_mib'] = saved
+            print('saved for backward, MiB per image:',
+                  {k: round(v, 1) for k, v in saved.items()}, flush=True)
         print(scenario, {k: f'{v * 1e3:.1f} ms' for k, v in times.items()}, flush=True)
     out = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
@@ -397,7 +438,9 @@ def main(argv=None):
             'two iterations' if args.device == 'cuda' else
             'growth of the resident-memory high-water mark over the process after its '
             'imports, while building the model and running two iterations (a fresh process '
-            'each)'),
+            'each)') + '; saved_for_backward_mib: bytes of the distinct storages a training '
+            'forward saves for backward, parameters and buffers not counted, per image '
+            '(batch 2)',
         'results': results,
     }
     write_json(args.out, out)

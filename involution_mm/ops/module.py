@@ -1,30 +1,12 @@
 """The involution layer: a kernel-generation branch plus the involution op."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 from .involution import involution, kernel_conv_involution
 from .pointwise import conv_module_forward
-
-
-def ceil_avg_pool(x, stride):
-    """AvgPool2d(stride, stride, ceil_mode=True): the last, partial windows of odd sizes
-    average their valid pixels, so the output is ceil(H / stride) x ceil(W / stride).
-
-    Written as a sum over a zero-padded input divided by the count of valid pixels because
-    torch.compile (inductor, torch 2.13) computes wrong gradients for ceil_mode avg_pool2d
-    on odd sizes. Even sizes take the plain pool.
-    """
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % stride, -w % stride
-    if pad_h == 0 and pad_w == 0:
-        return F.avg_pool2d(x, stride, stride)
-    padding = (0, pad_w, 0, pad_h)
-    sums = F.avg_pool2d(F.pad(x, padding), stride, stride, divisor_override=1)
-    counts = F.avg_pool2d(F.pad(x.new_ones(1, 1, h, w), padding), stride, stride,
-                          divisor_override=1)
-    return sums / counts
+from .pooling import ceil_avg_pool
+from .recompute import involution_stages, make_chain
 
 
 class Involution(nn.Module):
@@ -47,9 +29,11 @@ class Involution(nn.Module):
         group_channels (int): channels sharing one kernel. Default 16.
         norm_cfg (dict): norm of conv1, e.g. dict(type='SyncBN'). Default BN.
         act_cfg (dict): activation of conv1. Default ReLU.
-        recompute_kernel (bool): in training, keep conv1's output instead of the generated
-            kernels (G*K*K channels, 3x the input's in RedNet) for backward and rebuild the
-            kernels there (:func:`kernel_conv_involution`). Same results, less memory.
+        recompute_kernel (bool): in training, rebuild the kernel branch in backward instead
+            of keeping its tensors (the generated kernels alone have G*K*K channels, 3x the
+            input's in RedNet): with a BN-and-ReLU branch (:mod:`~involution_mm.ops.recompute`)
+            only the input is kept; otherwise conv1's output is kept and the kernels are
+            rebuilt from it (:func:`kernel_conv_involution`). Same results, less memory.
             Default True.
     """
 
@@ -82,7 +66,17 @@ class Involution(nn.Module):
         self.conv2 = ConvModule(channels // reduction_ratio, kernel_size * kernel_size * self.groups,
                                 1, norm_cfg=None, act_cfg=None)
 
+    def chain_stages(self):
+        """This layer as stages of a recomputing chain (:func:`make_chain`), or None."""
+        return involution_stages(self) if self.recompute_kernel else None
+
     def forward(self, x):
+        # compiled, a chain is a checkpointed region that calls its layers, this one included
+        # (see involution_mm.ops.recompute): a chain of its own here would call it again
+        if self.recompute_kernel and not torch.compiler.is_compiling():
+            chain = make_chain([self], x)
+            if chain is not None:
+                return chain(x)
         branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
         reduced = conv_module_forward(self.conv1, branch_in)
         if self.recompute_kernel and torch.is_grad_enabled():

@@ -86,18 +86,57 @@ def _without_hooks(module):
                 or _module._global_backward_pre_hooks)
 
 
+def _every_stride_th_pixel(x, stride):
+    return x if stride == (1, 1) else x[:, :, ::stride[0], ::stride[1]].contiguous()
+
+
+class _Conv1x1(torch.autograd.Function):
+    """:func:`conv1x1` of every stride-th pixel of ``x`` that keeps ``x`` itself for
+    backward. Autograd through the GEMMs would keep their operands instead: the strided
+    copy, or at few pixels the transposed copy of the folded batch, each a second tensor of
+    the values ``x`` (saved by the layer before) already holds."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride):
+        out = conv1x1(_every_stride_th_pixel(x, stride), weight, bias)
+        ctx.save_for_backward(x, weight)
+        ctx.stride = stride
+        ctx.has_bias = bias is not None
+        ctx.dtype = out.dtype  # autocast may have run the GEMM in a lower precision
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                ctx.needs_input_grad[2] and ctx.has_bias]
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, grad_weight, grad_bias = conv1x1_backward(
+                grad_output.to(dtype).contiguous(),
+                _every_stride_th_pixel(x, ctx.stride).to(dtype), weight.to(dtype), mask)
+        if grad_x is not None:
+            if ctx.stride != (1, 1):
+                full = grad_x.new_zeros(x.shape)
+                full[:, :, ::ctx.stride[0], ::ctx.stride[1]] = grad_x
+                grad_x = full
+            grad_x = grad_x.to(x.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(weight.dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
 def pointwise_conv(x, conv):
     """``conv(x)``, through :func:`conv1x1` when ``conv`` is a plain unpadded 1x1
-    nn.Conv2d without hooks; a strided one first takes every stride-th pixel, which is what
-    it convolves."""
+    nn.Conv2d without hooks; a strided one convolves every stride-th pixel."""
     if not (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
             and conv.dilation == (1, 1) and conv.groups == 1 and _without_hooks(conv)):
         return conv(x)
-    if conv.stride != (1, 1):
-        if not (x.device.type == 'cpu' and x.is_contiguous()):
-            return conv(x)
-        x = x[:, :, ::conv.stride[0], ::conv.stride[1]].contiguous()
-    return conv1x1(x, conv.weight, conv.bias)
+    if not _gemm_applies(x, conv.weight):
+        return conv(x)
+    return _Conv1x1.apply(x, conv.weight, conv.bias, conv.stride)
 
 
 def conv_module_forward(module, x):

@@ -76,6 +76,7 @@ def model_rows(data):
                 'rednet_ms': res['time_ms'][red], 'resnet_ms': res['time_ms'][rsn],
                 'time_ratio': pair['time_ratio'], 'rednet_peak_mib': memory.get(red),
                 'resnet_peak_mib': memory.get(rsn), 'memory_ratio': pair.get('memory_ratio'),
+                'saved_for_backward_ratio': pair.get('saved_for_backward_ratio'),
             })
     return rows
 
@@ -120,13 +121,14 @@ def render(summary):
     if summary['model_benchmark']:
         lines += ['', '## RedNet-50 / ResNet-50 (224x224)', '',
                   '| precision | scenario | RedNet ms | ResNet ms | time ratio | RedNet peak MiB | '
-                  'ResNet peak MiB | memory ratio |', '|---|---|---|---|---|---|---|---|']
+                  'ResNet peak MiB | memory ratio | saved-for-backward ratio |',
+                  '|---|---|---|---|---|---|---|---|---|']
         for r in summary['model_benchmark']:
             lines.append(
                 f"| {r['precision']} | {r['scenario']} | {r['rednet_ms']:.1f} | "
                 f"{r['resnet_ms']:.1f} | {r['time_ratio']:.2f} | "
                 f"{fmt(r['rednet_peak_mib'], '.0f')} | {fmt(r['resnet_peak_mib'], '.0f')} | "
-                f"{fmt(r['memory_ratio'], '.2f')} |")
+                f"{fmt(r['memory_ratio'], '.2f')} | {fmt(r['saved_for_backward_ratio'], '.2f')} |")
     return '\n'.join(lines) + '\n'
 
 

@@ -12,7 +12,8 @@ from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
-from ...ops.pointwise import pointwise_conv
+from ...ops.pointwise import _without_hooks, pointwise_conv
+from ...ops.recompute import make_chain
 from ...registry import MODELS
 
 def _is_pos_int(value):
@@ -24,7 +25,9 @@ class Bottleneck(nn.Module):
 
     Keys: conv1.weight, bn1.*, conv2.{conv1,conv2}.* (the involution), bn2.*, conv3.weight,
     bn3.*, downsample.{0,1}.* (official names). ``norm_cfg`` builds bn1-3, the downsample
-    norm and the norm inside the involution's kernel branch.
+    norm and the norm inside the involution's kernel branch. With ``recompute_activations``
+    bn1 -> ReLU -> involution -> bn2 -> ReLU -> conv3 runs as one recomputing chain
+    (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output.
     """
     expansion = 4
 
@@ -42,7 +45,8 @@ class Bottleneck(nn.Module):
                  involution_kernel_size=7,
                  group_channels=16,
                  reduction_ratio=4,
-                 recompute_kernel=True):
+                 recompute_kernel=True,
+                 recompute_activations=True):
         super().__init__()
         if style not in ('pytorch', 'caffe'):
             raise ValueError(f"RedNet: style must be 'pytorch' or 'caffe', got {style!r}")
@@ -57,6 +61,7 @@ class Bottleneck(nn.Module):
         self.dilation = dilation
         self.style = style
         self.with_cp = with_cp
+        self.recompute_activations = recompute_activations
         conv1_stride, conv2_stride = (1, stride) if style == 'pytorch' else (stride, 1)
 
         self.conv1 = build_conv_layer(conv_cfg, in_channels, self.mid_channels, kernel_size=1,
@@ -78,10 +83,16 @@ class Bottleneck(nn.Module):
         if self.downsample is not None:
             for layer in self.downsample:
                 identity = pointwise_conv(identity, layer)
-        out = self.relu(self.bn1(pointwise_conv(x, self.conv1)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(pointwise_conv(out, self.conv3))
-        return out + identity
+        chain = make_chain([self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3],
+                           x) if self.recompute_activations else None
+        out = pointwise_conv(x, self.conv1)
+        if chain is not None:
+            out = chain(out)
+        else:
+            out = self.relu(self.bn1(out))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = pointwise_conv(out, self.conv3)
+        return self.bn3(out) + identity
 
     def forward(self, x):
         if self.with_cp and torch.is_grad_enabled():
@@ -171,6 +182,14 @@ class RedNet(BaseModule):
             for backward and rebuild the kernels there instead of storing them (see
             :class:`~involution_mm.ops.Involution`): less training memory for one more 1x1
             conv per involution in backward. Default True.
+        recompute_activations (bool): in training, the BN -> ReLU -> involution -> BN ->
+            ReLU -> conv runs of the blocks and of the stem keep only their input for
+            backward and recompute the rest there
+            (:func:`~involution_mm.ops.recompute.make_chain`): the same values and
+            gradients, less training memory, some elementwise work, the kernel branch's first
+            1x1 conv and the involution forward once more in backward. It needs
+            ``recompute_kernel``; BNs that synchronise across processes, other norms and
+            layers with hooks take the usual path. Default True.
         pretrained (str, optional): deprecated, use ``init_cfg``.
         init_cfg (dict | list[dict], optional): e.g. ``dict(type='Pretrained',
             checkpoint='work_dirs/rednet50.pth', prefix='backbone.')``. Default: Kaiming
@@ -209,6 +228,7 @@ class RedNet(BaseModule):
                  group_channels=16,
                  reduction_ratio=4,
                  recompute_kernel=True,
+                 recompute_activations=True,
                  pretrained=None,
                  init_cfg=None):
         if pretrained is not None:
@@ -280,7 +300,9 @@ class RedNet(BaseModule):
         self.expansion = expansion
         involution_args = dict(involution_kernel_size=involution_kernel_size,
                                group_channels=group_channels, reduction_ratio=reduction_ratio,
-                               recompute_kernel=recompute_kernel)
+                               recompute_kernel=recompute_kernel,
+                               recompute_activations=recompute_activations)
+        self.recompute_activations = recompute_activations
 
         self._make_stem_layer(in_channels, stem_channels, group_channels, reduction_ratio,
                               recompute_kernel)
@@ -364,8 +386,27 @@ class RedNet(BaseModule):
                 if isinstance(m, Bottleneck):
                     constant_init(m.bn3, 0)
 
+    def _stem_chains(self, x):
+        """The stem and max-pool as conv -> chain -> chain, or None (see
+        ``recompute_activations``): the chains run from the first conv's output through the
+        involution to the second conv, and from there through its norm and ReLU to the
+        max-pool."""
+        first, involution, norm, relu, last = self.stem
+        splittable = all(
+            m.order == ('conv', 'norm', 'act') and m.with_norm and m.with_activation
+            and not m.with_explicit_padding and _without_hooks(m) for m in (first, last))
+        if not (self.recompute_activations and splittable and _without_hooks(self.stem)):
+            return None
+        into_last = make_chain([first.norm, first.activate, involution, norm, relu, last.conv],
+                               x)
+        into_pool = make_chain([last.norm, last.activate, self.maxpool], x)
+        if not (into_last and into_pool):
+            return None
+        return lambda inp: into_pool(into_last(first.conv(inp)))
+
     def forward(self, x):
-        x = self.maxpool(self.stem(x))
+        stem = self._stem_chains(x)
+        x = stem(x) if stem else self.maxpool(self.stem(x))
         outs = []
         for i, layer_name in enumerate(self.res_layers):
             x = getattr(self, layer_name)(x)

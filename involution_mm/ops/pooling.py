@@ -1,0 +1,40 @@
+"""The kernel branch's ceil-mode average pool and its gradient."""
+import torch.nn.functional as F
+
+
+def _pad_to_stride(h, w, stride):
+    return (0, -w % stride, 0, -h % stride)
+
+
+def ceil_avg_pool(x, stride):
+    """AvgPool2d(stride, stride, ceil_mode=True): the last, partial windows of odd sizes
+    average their valid pixels, so the output is ceil(H / stride) x ceil(W / stride).
+
+    Written as a sum over a zero-padded input divided by the count of valid pixels because
+    torch.compile (inductor, torch 2.13) computes wrong gradients for ceil_mode avg_pool2d
+    on odd sizes. Even sizes take the plain pool.
+    """
+    h, w = x.shape[-2:]
+    padding = _pad_to_stride(h, w, stride)
+    if not any(padding):
+        return F.avg_pool2d(x, stride, stride)
+    sums = F.avg_pool2d(F.pad(x, padding), stride, stride, divisor_override=1)
+    return sums / _window_counts(x, h, w, stride, padding)
+
+
+def _window_counts(like, h, w, stride, padding):
+    return F.avg_pool2d(F.pad(like.new_ones(1, 1, h, w), padding), stride, stride,
+                        divisor_override=1)
+
+
+def ceil_avg_pool_backward(grad, input_size, stride):
+    """The gradient of :func:`ceil_avg_pool` w.r.t. its input of spatial size ``input_size``:
+    each input pixel gets its window's gradient over the window's count of valid pixels."""
+    h, w = input_size
+    padding = _pad_to_stride(h, w, stride)
+    if any(padding):
+        grad = grad / _window_counts(grad, h, w, stride, padding)
+    else:
+        grad = grad / (stride * stride)
+    grad = grad.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
+    return grad[:, :, :h, :w]

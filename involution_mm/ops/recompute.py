@@ -1,0 +1,315 @@
+"""Chains of layers whose intermediate activations are recomputed in backward.
+
+In training every BN and conv keeps its input for backward and every ReLU its output: along
+BN -> ReLU -> conv that is three tensors of one size, two of them elementwise functions of
+the first. :func:`make_chain` turns a sequence of layers (BatchNorm2d/SyncBatchNorm, ReLU,
+Conv2d, MaxPool2d, mmcv ConvModules of these, and :class:`~involution_mm.ops.Involution`
+with its kernel branch) into one autograd node that keeps only the chain's input and the
+BN statistics, recomputes the intermediate tensors in backward and applies each layer's
+derivative there. The last layer's output is not recomputed: a chain ending in a conv
+costs no extra GEMM. Values and gradients are those of the layers called one by one, to
+rounding: a chain's BN normalises with its own elementwise formula, bitwise the same in
+the forward and in its recomputation.
+
+Under torch.compile a chain is the layers in an activation-checkpointed region instead: the
+compiler merges a backward's recomputation with the forward's identical values and saves
+those, while a checkpointed region it recomputes itself (updating BN statistics once).
+"""
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
+from torch.nn.modules.utils import _pair
+from torch.utils.checkpoint import checkpoint
+
+from .involution import HAS_EXTENSION, involution
+from .pointwise import _without_hooks, conv1x1, conv1x1_backward
+from .pooling import ceil_avg_pool, ceil_avg_pool_backward
+from .reference import canonical_weight, default_padding
+
+#: the dtypes a chain runs in; others (and autocast) take the layers one by one
+CHAIN_DTYPES = (torch.float32, torch.float64)
+#: the BNs a chain computes itself; mmengine's SyncBatchNorm (what ``norm_cfg=dict(type=
+#: 'SyncBN')`` builds) changes only the check of the input's dimensions
+BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, MMEngineSyncBatchNorm)
+
+
+def _is_pointwise(weight, stride, padding, dilation, groups):
+    return (weight.shape[2:] == (1, 1) and stride == (1, 1) and padding == (0, 0)
+            and dilation == (1, 1) and groups == 1)
+
+
+class _Pass:
+    """One run of a chain's stages: the forward, or its recomputation in backward, which
+    also records each stage's derivative (a closure over what it needs) in ``records``."""
+
+    def __init__(self, tensors, stats=None, needs_grad=None):
+        self.tensors = tensors
+        self.index = 0
+        self.stats = None if stats is None else iter(stats)
+        self.new_stats = []
+        self.recording = needs_grad is not None
+        self.needs_grad = needs_grad
+        self.grads = [None] * len(tensors)
+        self.records = []
+
+    def _take(self, n):
+        first = self.index
+        self.index += n
+        return first, self.tensors[first:self.index]
+
+    def run(self, stages, x, need_output=True):
+        last = len(stages) - 1
+        for i, stage in enumerate(stages):
+            x = getattr(self, '_' + stage[0])(stage, x, fresh=i > 0,
+                                              need_output=need_output or i < last)
+        return x
+
+    def _bn(self, stage, x, fresh, need_output):
+        _, eps, batch_stats = stage
+        first, (weight, bias, running_mean, running_var) = self._take(4)
+        if not batch_stats:
+            mean, var = running_mean, running_var
+        elif self.stats is not None:
+            mean, var = next(self.stats), next(self.stats)
+        else:
+            count = x.numel() // x.shape[1]
+            if count <= 1:  # what BatchNorm says
+                raise ValueError('Expected more than 1 value per channel when training, got '
+                                 f'input size {tuple(x.shape)}')
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            self.new_stats.append((mean, var, var * (count / (count - 1))))
+        invstd = torch.rsqrt(var + eps)
+        if self.recording:
+            needs = (self.needs_grad[first] and weight is not None,
+                     self.needs_grad[first + 1] and bias is not None)
+
+            def backward(grad):
+                args = (None, None, mean, invstd) if batch_stats else (mean, var, None, None)
+                grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+                    grad, x, weight, *args, batch_stats, eps, [True, *needs])
+                self.grads[first:first + 2] = grad_weight, grad_bias
+                return grad_x
+            self.records.append(backward)
+        if not need_output:
+            return None
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
+
+    def _relu(self, stage, x, fresh, need_output):
+        out = x.relu_() if fresh else x.relu()  # a stage's output is its own to overwrite
+        if self.recording:
+            self.records.append(
+                lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
+        return out
+
+    def _conv(self, stage, x, fresh, need_output):
+        _, stride, padding, dilation, groups = stage
+        first, (weight, bias) = self._take(2)
+        pointwise = _is_pointwise(weight, stride, padding, dilation, groups)
+        if self.recording:
+            mask = [True, self.needs_grad[first], self.needs_grad[first + 1] and bias is not None]
+
+            def backward(grad):
+                if pointwise:
+                    grad_x, grad_weight, grad_bias = conv1x1_backward(grad, x, weight, mask)
+                else:
+                    grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                        grad, x, weight, None if bias is None else [bias.shape[0]], stride,
+                        padding, dilation, False, [0, 0], groups, mask)
+                self.grads[first:first + 2] = grad_weight, grad_bias
+                return grad_x
+            self.records.append(backward)
+        if not need_output:
+            return None
+        if pointwise:
+            return conv1x1(x, weight, bias)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    def _maxpool(self, stage, x, fresh, need_output):
+        _, kernel_size, stride, padding, dilation, ceil_mode = stage
+        if not self.recording:
+            return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+        out, indices = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                    return_indices=True)
+        self.records.append(lambda grad: torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, kernel_size, stride, padding, dilation, ceil_mode, indices))
+        return out
+
+    def _involution(self, stage, x, fresh, need_output):
+        _, kernel_size, stride, dilation, padding, branch = stage
+        outer, self.records = self.records, []
+        kernel = self.run(branch, x if stride == 1 else ceil_avg_pool(x, stride))
+        branch_records, self.records = self.records, outer
+        hyper = (kernel_size, stride, dilation, padding)
+        if self.recording:
+            def backward(grad):
+                weight = canonical_weight(kernel, kernel_size)
+                grad_x = torch.ops.involution_mm.involution_grad_input(
+                    grad, weight, list(x.shape[2:]), *hyper)
+                grad_kernel = torch.ops.involution_mm.involution_grad_weight(
+                    grad, x, *hyper, weight.shape[1]).flatten(1, 3)
+                while branch_records:
+                    grad_kernel = branch_records.pop()(grad_kernel)
+                if stride != 1:
+                    grad_kernel = ceil_avg_pool_backward(grad_kernel, x.shape[2:], stride)
+                return grad_x + grad_kernel
+            self.records.append(backward)
+        if not need_output:
+            return None
+        return involution(x, kernel, *hyper)
+
+
+class _RecomputedChain(torch.autograd.Function):
+    """Runs ``stages`` on ``x``; keeps ``x``, ``tensors`` and the batch statistics.
+
+    Returns the output and, for every BN that normalises with batch statistics, its mean
+    and unbiased variance (for the running statistics, which the caller updates)."""
+
+    @staticmethod
+    def forward(ctx, stages, x, *tensors):
+        run = _Pass(tensors)
+        out = run.run(stages, x)
+        saved_stats = [t for mean, var, _ in run.new_stats for t in (mean, var)]
+        running = [t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)]
+        ctx.stages = stages
+        ctx.num_tensors = len(tensors)
+        ctx.save_for_backward(x, *tensors, *saved_stats)
+        ctx.mark_non_differentiable(*running)
+        return (out, *running)
+
+    @staticmethod
+    def backward(ctx, grad_out, *unused_stat_grads):
+        x, *saved = ctx.saved_tensors
+        tensors, stats = saved[:ctx.num_tensors], saved[ctx.num_tensors:]
+        run = _Pass(tensors, stats, needs_grad=ctx.needs_input_grad[2:])
+        run.run(ctx.stages, x, need_output=False)
+        grad = grad_out
+        while run.records:  # popped, so each stage's recomputed tensors go once used
+            grad = run.records.pop()(grad)
+        return (None, grad if ctx.needs_input_grad[1] else None, *run.grads)
+
+
+def _syncs_across_processes(bn):
+    return (isinstance(bn, nn.SyncBatchNorm) and bn.training and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size(bn.process_group) > 1)
+
+
+def module_stages(modules):
+    """``(stages, tensors, norms)`` describing ``modules`` applied in order, or None where
+    one of them cannot be part of a chain (another type or configuration, hooks).
+
+    ``norms`` lists, in the order of the chain's batch statistics, the BN each belongs to
+    (None where no running statistics are to be updated)."""
+    stages, tensors, norms = [], [], []
+    for module in modules:
+        if not _without_hooks(module):
+            return None
+        kind = type(module)
+        if kind in BATCH_NORMS and not _syncs_across_processes(module):
+            batch_stats = module.training or module.running_mean is None
+            stages.append(('bn', module.eps, batch_stats))
+            tensors += [module.weight, module.bias] + (
+                [None, None] if batch_stats else [module.running_mean, module.running_var])
+            if batch_stats:
+                norms.append(module if module.training and module.track_running_stats
+                             else None)
+        elif kind is nn.ReLU:
+            stages.append(('relu', ))
+        elif (kind is nn.Conv2d and module.padding_mode == 'zeros'
+              and not isinstance(module.padding, str)):
+            stages.append(('conv', module.stride, module.padding, module.dilation,
+                           module.groups))
+            tensors += [module.weight, module.bias]
+        elif kind is nn.MaxPool2d and not module.return_indices:
+            stride = module.kernel_size if module.stride is None else module.stride
+            stages.append(('maxpool', _pair(module.kernel_size), _pair(stride),
+                           _pair(module.padding), _pair(module.dilation), module.ceil_mode))
+        elif kind is ConvModule:
+            if module.order != ('conv', 'norm', 'act') or module.with_explicit_padding:
+                return None
+            parts = [module.conv]
+            if module.with_norm:
+                parts.append(module.norm)
+            if module.with_activation:
+                parts.append(module.activate)
+            inner = module_stages(parts)
+            if inner is None:
+                return None
+            stages += inner[0]
+            tensors += inner[1]
+            norms += inner[2]
+        elif hasattr(module, 'chain_stages'):  # a layer that describes itself
+            inner = module.chain_stages()
+            if inner is None:
+                return None
+            stages += inner[0]
+            tensors += inner[1]
+            norms += inner[2]
+        else:
+            return None
+    return stages, tensors, norms
+
+
+def _update_running_stats(bn, mean, unbiased_var):
+    """What BatchNorm's forward does to its buffers in training."""
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:
+        factor = 1.0 / float(bn.num_batches_tracked)
+    else:
+        factor = bn.momentum
+    with torch.no_grad():
+        bn.running_mean.lerp_(mean, factor)
+        bn.running_var.lerp_(unbiased_var, factor)
+
+
+def make_chain(modules, x):
+    """A function computing ``modules`` applied in order as one recomputing autograd node
+    (see the module docstring), for an input like ``x``; or None where a chain does not
+    apply: no gradient is wanted, ``x`` is not float32/float64, autocast is on, or a module
+    cannot be part of one (then call the modules as usual)."""
+    if not (torch.is_grad_enabled() and x.dtype in CHAIN_DTYPES and x.numel() > 0
+            and not torch.is_autocast_enabled(x.device.type)):
+        return None
+    described = module_stages(modules)
+    if described is None:
+        return None
+    stages, tensors, norms = described
+    if not (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)):
+        return None
+    stages = tuple(stages)
+
+    def chain(inp):
+        if torch.compiler.is_compiling():
+            return checkpoint(_in_order, modules, inp, use_reentrant=False)
+        out, *stats = _RecomputedChain.apply(stages, inp, *tensors)
+        for bn, mean, unbiased_var in zip(norms, stats[0::2], stats[1::2]):
+            if bn is not None:
+                _update_running_stats(bn, mean, unbiased_var)
+        return out
+    return chain
+
+
+def _in_order(modules, x):
+    for module in modules:
+        x = module(x)
+    return x
+
+
+def involution_stages(module):
+    """Chain stages of an :class:`~involution_mm.ops.Involution`: the op on its input with
+    the kernel from its branch (pool, ConvModule, ConvModule); None where the branch cannot
+    be part of a chain or the compiled op is missing (its gradients are the op's kernels)."""
+    if not HAS_EXTENSION:
+        return None
+    branch = module_stages([module.conv1, module.conv2])
+    if branch is None:
+        return None
+    stages, tensors, norms = branch
+    padding = default_padding(module.kernel_size, module.dilation)
+    return ([('involution', module.kernel_size, module.stride, module.dilation, padding,
+              tuple(stages))], tensors, norms)
