@@ -27,7 +27,8 @@
 # benchmark JSONs, summary.md and summary.json.
 # Environment: PYTHON (default python3), GPU_CHECK_WHEELS (default gpu_check_wheels),
 # AMP_DTYPE of the AMP model run (default float16), GPU_CHECK_TOTAL (seconds, see above).
-# Exit status: 0 if no stage failed (skipped ones count as passed), 1 otherwise, 2 on bad usage.
+# Exit status: 0 if no stage failed (stages skipped for want of a GPU or of a failed earlier
+# stage count as passed, those the total budget left out as failed), 1 otherwise, 2 on bad usage.
 set -u
 
 if [[ $# -ne 1 ]]; then
