@@ -13,7 +13,7 @@ still works, warns once, and :data:`UNAVAILABLE` names what is missing and why.
 import warnings
 
 from .version import __version__
-from .ops import involution, involution_reference
+from .ops import involution, involution_reference, missing_openmmlab_package
 from .utils import install_safe_globals, load_checkpoint_file
 
 install_safe_globals()
@@ -28,8 +28,8 @@ try:
     from .models import InvolutionFPN, RedNet  # noqa: E402
     from .ops import Involution  # noqa: E402
 except ModuleNotFoundError as err:
-    _missing = (err.name or '').split('.')[0]
-    if _missing not in ('mmengine', 'mmcv'):
+    _missing = missing_openmmlab_package(err)
+    if _missing is None:
         raise
     _reason = f'needs mmengine and mmcv (or mmcv-lite), and {_missing!r} is not installed'
     UNAVAILABLE.update({name: _reason for name in _OPENMMLAB_PARTS if name not in globals()})

@@ -191,10 +191,18 @@ def build_detector(name, args):
     return to_device(model, args)
 
 
+def amp_dtype(args):
+    return getattr(torch, args.amp) if args.amp else None
+
+
+def autocast(args):
+    """torch.autocast in the ``--amp`` dtype; a disabled one without ``--amp``."""
+    return torch.autocast(args.device, dtype=amp_dtype(args), enabled=args.amp is not None)
+
+
 def make_step(name, scenario, args):
     """A closure running one iteration of ``scenario`` on model ``name``."""
     gen = torch.Generator().manual_seed(0)
-    amp_dtype = getattr(torch, args.amp) if args.amp else None
     if scenario == 'mask_rcnn_train':
         from mmdet.testing import demo_mm_inputs
         from mmengine.optim import AmpOptimWrapper, OptimWrapper
@@ -204,23 +212,22 @@ def make_step(name, scenario, args):
                               num_items=[5, 5], num_classes=80, with_mask=True)
         # lr small enough that repeated steps on one batch stay finite
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
-        wrapper = (AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype) if amp_dtype
+        wrapper = (AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype(args)) if args.amp
                    else OptimWrapper(optimizer))
         return lambda: model.train_step(data, wrapper)
 
     kind, batch, fused = backbone_scenario(scenario)
     model = build_backbone(name, args)
     x = to_device(torch.randn(batch, 3, args.image_size, args.image_size, generator=gen), args)
-    autocast = lambda: torch.autocast(args.device, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
     if kind == 'train':
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                                     weight_decay=1e-4)
-        scaler = torch.amp.GradScaler(args.device, enabled=amp_dtype == torch.float16)
+        scaler = torch.amp.GradScaler(args.device, enabled=args.amp == 'float16')
 
         def train_step():
             optimizer.zero_grad()
-            with autocast():
+            with autocast(args):
                 loss = sum(out.float().square().mean() for out in model(x))
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -233,7 +240,7 @@ def make_step(name, scenario, args):
         model = fuse_conv_bn(model)
 
     def infer():
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(args):
             model(x)
     return infer
 
@@ -290,8 +297,7 @@ def saved_for_backward_mib(name, args, batch=2):
     model = build_backbone(name, args)
     model.train()  # mmdet's ResNet.train returns None
     x = to_device(torch.randn(batch, 3, args.image_size, args.image_size), args)
-    amp_dtype = getattr(torch, args.amp) if args.amp else None
-    with torch.autocast(args.device, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with autocast(args):
         return saved_for_backward_bytes(model, x) / batch / 2 ** 20
 
 
@@ -415,9 +421,10 @@ def main(argv=None):
         memory = {} if args.no_memory else {
             name: measure_memory(name, scenario, args) / 2 ** 20
             for name in scenario_models(scenario, args)}
-        kind = (backbone_scenario(scenario) or ('detector',))[0]
+        trains_backbone = (scenario != 'mask_rcnn_train'
+                           and backbone_scenario(scenario)[0] == 'train')
         saved = {name: saved_for_backward_mib(name, args) for name in times
-                 } if kind == 'train' else {}
+                 } if trains_backbone else {}
         results[scenario] = {'time_ms': {k: v * 1e3 for k, v in times.items()},
                              'ratios': ratios(scenario, times, memory, saved)}
         if memory:

@@ -3,10 +3,18 @@ branch) is built from mmcv's ConvModule and needs mmcv (or mmcv-lite)."""
 from .involution import HAS_EXTENSION, involution, kernel_conv_involution
 from .reference import involution_out_size, involution_reference
 
+
+def missing_openmmlab_package(err):
+    """'mmengine' or 'mmcv' where the ModuleNotFoundError ``err`` is about that package
+    missing, else None."""
+    name = (err.name or '').split('.')[0]
+    return name if name in ('mmengine', 'mmcv') else None
+
+
 try:
     from .module import Involution
 except ModuleNotFoundError as err:
-    if (err.name or '').split('.')[0] not in ('mmengine', 'mmcv'):
+    if missing_openmmlab_package(err) is None:
         raise
     _MODULE_IMPORT_ERROR = err
 

@@ -228,30 +228,28 @@ def module_stages(modules):
             stride = module.kernel_size if module.stride is None else module.stride
             stages.append(('maxpool', _pair(module.kernel_size), _pair(stride),
                            _pair(module.padding), _pair(module.dilation), module.ceil_mode))
-        elif kind is ConvModule:
-            if module.order != ('conv', 'norm', 'act') or module.with_explicit_padding:
-                return None
-            parts = [module.conv]
-            if module.with_norm:
-                parts.append(module.norm)
-            if module.with_activation:
-                parts.append(module.activate)
-            inner = module_stages(parts)
+        elif kind is ConvModule or hasattr(module, 'chain_stages'):
+            # a ConvModule's own layers, or a layer that describes itself
+            inner = (_conv_module_stages(module) if kind is ConvModule
+                     else module.chain_stages())
             if inner is None:
                 return None
-            stages += inner[0]
-            tensors += inner[1]
-            norms += inner[2]
-        elif hasattr(module, 'chain_stages'):  # a layer that describes itself
-            inner = module.chain_stages()
-            if inner is None:
-                return None
-            stages += inner[0]
-            tensors += inner[1]
-            norms += inner[2]
+            for described, more in zip((stages, tensors, norms), inner):
+                described += more
         else:
             return None
     return stages, tensors, norms
+
+
+def _conv_module_stages(module):
+    if module.order != ('conv', 'norm', 'act') or module.with_explicit_padding:
+        return None
+    parts = [module.conv]
+    if module.with_norm:
+        parts.append(module.norm)
+    if module.with_activation:
+        parts.append(module.activate)
+    return module_stages(parts)
 
 
 def _update_running_stats(bn, mean, unbiased_var):
