@@ -97,3 +97,15 @@ def test_saved_bytes_count_each_storage_once_and_no_parameters(tools):
     # the conv keeps x (and its weight, a parameter), the ReLU its output
     assert tool.saved_for_backward_bytes(conv_relu, x) == x.nbytes + 2 * 4 * 5 * 5 * 4
     assert tool.saved_for_backward_bytes(_TwoViews(), x.requires_grad_()) == x.nbytes
+
+
+def test_a_resnet_that_does_not_import_is_named(tools):
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip('torchvision imports here; the message is for machines without it')
+    result = tools.run_tool([TOOL, '--resnet', 'torchvision'])
+    assert result.returncode == 2 and '--resnet torchvision: torchvision does not import here' \
+        in result.stdout
