@@ -8,6 +8,12 @@ Scenarios (``--scenarios``; N is the batch size):
 * ``train_bsN``: backbone forward + backward + SGD step (momentum, weight decay), 224x224;
   with it, the bytes the training forward saves for backward, per image
   (``saved_for_backward_mib``, see :func:`saved_for_backward_bytes`);
+* ``infer_bsN_compiled``, ``infer_bsN_fused_compiled``, ``train_bsN_compiled``: the same with
+  each backbone ``torch.compile``d (inductor, ``fullgraph=True``). The eager backbones run in
+  the same rounds, interleaved with the compiled ones (``eager_time_ms``,
+  ``compiled_over_eager``); the first call, which compiles, is not timed with the others
+  but reported (``first_call_s``). No memory runs for these (the compiler's own memory would
+  dominate);
 * ``mask_rcnn_train``: one training iteration (``model.train_step``: preprocessing,
   forward, losses, backward, SGD step) of the stock mmdet Mask R-CNN R-50-FPN config and of
   ``configs/mask_rcnn_rednet50_fpn_coco.py`` on 2 images of ``--det-size`` (default 512)
@@ -58,7 +64,11 @@ DETECTORS = {
 }
 DET_PAIRS = {'mask_rcnn_rednet50': 'mask_rcnn_resnet50'}
 DEFAULT_SCENARIOS = ('infer_bs1', 'infer_bs8', 'infer_bs8_fused', 'train_bs8', 'mask_rcnn_train')
-BACKBONE_SCENARIO = re.compile(r'(?P<kind>infer|train)_bs(?P<batch>[1-9][0-9]*)(?P<fused>_fused)?')
+BACKBONE_SCENARIO = re.compile(
+    r'(?P<kind>infer|train)_bs(?P<batch>[1-9][0-9]*)(?P<fused>_fused)?(?P<compiled>_compiled)?')
+COMPILED_SUFFIX = '_compiled'
+#: the name under which a compiled scenario's eager run of a model is timed
+EAGER_SUFFIX = '_eager'
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -67,8 +77,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='work_dirs/benchmark_model_cpu.json', help='JSON file')
     parser.add_argument('--scenarios', nargs='+', type=scenario_name,
                         default=list(DEFAULT_SCENARIOS),
-                        help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), '
-                             'mask_rcnn_train')
+                        help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), each '
+                             'also with the suffix _compiled; mask_rcnn_train')
     parser.add_argument('--models', nargs='+', choices=list(BACKBONES),
                         default=list(BACKBONES), help='backbones of the backbone scenarios')
     parser.add_argument('--repeats', type=int, default=7, help='timed runs per model')
@@ -108,11 +118,16 @@ def parse_args(argv=None):
 
 
 def backbone_scenario(name):
-    """(kind, batch size, fused) of a backbone scenario name, None for any other name."""
+    """(kind, batch size, fused, compiled) of a backbone scenario name, None for any other
+    name."""
     match = BACKBONE_SCENARIO.fullmatch(name)
     if match is None or (match['kind'] == 'train' and match['fused']):
         return None
-    return match['kind'], int(match['batch']), bool(match['fused'])
+    return match['kind'], int(match['batch']), bool(match['fused']), bool(match['compiled'])
+
+
+def is_compiled(scenario):
+    return scenario.endswith(COMPILED_SUFFIX)
 
 
 def scenario_name(text):
@@ -120,7 +135,7 @@ def scenario_name(text):
         return text
     raise argparse.ArgumentTypeError(
         f'unknown scenario {text!r}: expected infer_bsN, infer_bsN_fused, train_bsN (N a '
-        'positive batch size) or mask_rcnn_train')
+        'positive batch size), each optionally with the suffix _compiled, or mask_rcnn_train')
 
 
 def _imports(module):
@@ -216,9 +231,10 @@ def make_step(name, scenario, args):
                    else OptimWrapper(optimizer))
         return lambda: model.train_step(data, wrapper)
 
-    kind, batch, fused = backbone_scenario(scenario)
+    kind, batch, fused, compiled = backbone_scenario(scenario)
     model = build_backbone(name, args)
     x = to_device(torch.randn(batch, 3, args.image_size, args.image_size, generator=gen), args)
+    forward = torch.compile(model, fullgraph=True) if compiled else model
     if kind == 'train':
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
@@ -228,7 +244,7 @@ def make_step(name, scenario, args):
         def train_step():
             optimizer.zero_grad()
             with autocast(args):
-                loss = sum(out.float().square().mean() for out in model(x))
+                loss = sum(out.float().square().mean() for out in forward(x))
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -238,10 +254,11 @@ def make_step(name, scenario, args):
     if fused:
         from mmcv.cnn import fuse_conv_bn
         model = fuse_conv_bn(model)
+        forward = torch.compile(model, fullgraph=True) if compiled else model
 
     def infer():
         with torch.no_grad(), autocast(args):
-            model(x)
+            forward(x)
     return infer
 
 
@@ -256,10 +273,29 @@ def synchronize(args):
         torch.cuda.synchronize()
 
 
+def scenario_methods(scenario, args):
+    """{method: (model, scenario it runs)}: the scenario's models, and in a compiled scenario
+    each model eager too, as ``<model>_eager``."""
+    methods = {name: (name, scenario) for name in scenario_models(scenario, args)}
+    if is_compiled(scenario):
+        eager = scenario[:-len(COMPILED_SUFFIX)]
+        methods.update({name + EAGER_SUFFIX: (name, eager) for name in list(methods)})
+    return methods
+
+
 def time_scenario(scenario, args):
-    """Median seconds per model, models interleaved run by run."""
-    steps = {name: make_step(name, scenario, args) for name in scenario_models(scenario, args)}
-    for step in steps.values():  # warm-up (and optimizer state)
+    """(median seconds per method, seconds of each method's first call), the methods of
+    :func:`scenario_methods` interleaved run by run. Two untimed calls first: the first
+    compiles a compiled model and creates the optimizer state."""
+    steps = {method: make_step(name, run, args)
+             for method, (name, run) in scenario_methods(scenario, args).items()}
+    first_call = {}
+    for method, step in steps.items():
+        start = time.perf_counter()
+        step()
+        synchronize(args)
+        first_call[method] = time.perf_counter() - start
+    for step in steps.values():
         step()
     synchronize(args)
     samples = {name: [] for name in steps}
@@ -269,7 +305,7 @@ def time_scenario(scenario, args):
             step()
             synchronize(args)
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: statistics.median(v) for name, v in samples.items()}, first_call
 
 
 def saved_for_backward_bytes(model, x):
@@ -417,16 +453,26 @@ def main(argv=None):
                          '(make env, or pip install -e . --no-build-isolation)')
     results = {}
     for scenario in args.scenarios:
-        times = time_scenario(scenario, args)
-        memory = {} if args.no_memory else {
-            name: measure_memory(name, scenario, args) / 2 ** 20
-            for name in scenario_models(scenario, args)}
-        trains_backbone = (scenario != 'mask_rcnn_train'
+        times, first_call = time_scenario(scenario, args)
+        compiled = is_compiled(scenario)
+        models = scenario_models(scenario, args)
+        memory = {} if args.no_memory or compiled else {
+            name: measure_memory(name, scenario, args) / 2 ** 20 for name in models}
+        trains_backbone = (scenario != 'mask_rcnn_train' and not compiled
                            and backbone_scenario(scenario)[0] == 'train')
-        saved = {name: saved_for_backward_mib(name, args) for name in times
+        saved = {name: saved_for_backward_mib(name, args) for name in models
                  } if trains_backbone else {}
-        results[scenario] = {'time_ms': {k: v * 1e3 for k, v in times.items()},
+        results[scenario] = {'time_ms': {k: times[k] * 1e3 for k in models},
                              'ratios': ratios(scenario, times, memory, saved)}
+        if compiled:
+            results[scenario].update(
+                eager_time_ms={k: times[k + EAGER_SUFFIX] * 1e3 for k in models},
+                compiled_over_eager={k: times[k] / times[k + EAGER_SUFFIX] for k in models},
+                first_call_s={k: first_call[k] for k in models})
+            print(scenario, 'compiled / eager:',
+                  {k: round(v, 3) for k, v in results[scenario]['compiled_over_eager'].items()},
+                  'first call (compiles):', {k: f'{first_call[k]:.0f} s' for k in models},
+                  flush=True)
         if memory:
             results[scenario]['peak_memory_mib'] = memory
         if saved:
@@ -434,9 +480,15 @@ def main(argv=None):
             print('saved for backward, MiB per image:',
                   {k: round(v, 1) for k, v in saved.items()}, flush=True)
         print(scenario, {k: f'{v * 1e3:.1f} ms' for k, v in times.items()}, flush=True)
+    machine = machine_info(args.device)
+    if any(map(is_compiled, args.scenarios)) and args.device == 'cpu':
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+        # the instruction set inductor generated its C++ for (ATEN_CPU_CAPABILITY picks it)
+        isa = pick_vec_isa()
+        machine['inductor_vec_isa'] = str(isa) if isa else 'none (scalar C++)'
     out = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'machine': machine_info(args.device), 'device': args.device,
+        'machine': machine, 'device': args.device,
         'amp': args.amp or 'float32', 'resnet': args.resnet, 'repeats': args.repeats,
         'channels_last': args.channels_last, 'image_size': args.image_size,
         'det_size': args.det_size,
@@ -447,7 +499,9 @@ def main(argv=None):
             'imports, while building the model and running two iterations (a fresh process '
             'each)') + '; saved_for_backward_mib: bytes of the distinct storages a training '
             'forward saves for backward, parameters and buffers not counted, per image '
-            '(batch 2)',
+            '(batch 2); *_compiled scenarios: time_ms of the compiled backbones, eager_time_ms '
+            'of the same backbones eager in the same rounds, first_call_s the untimed first '
+            'call (compilation)',
         'results': results,
     }
     write_json(args.out, out)

@@ -227,6 +227,8 @@ def machine_info(device):
         'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
         'torch': torch.__version__, 'involution_mm': involution_mm.__version__,
         'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa(),
+        # ATen's own kernels' ISA (ATEN_CPU_CAPABILITY caps it); oneDNN and MKL pick their own
+        'aten_cpu_capability': torch.backends.cpu.get_cpu_capability(),
     }
     if device == 'cuda':
         props = torch.cuda.get_device_properties(0)
