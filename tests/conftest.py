@@ -8,6 +8,16 @@ import sys
 import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+# Inductor's FX-graph cache key leaves out the vector ISA it generated C++ for, which
+# ATEN_CPU_CAPABILITY picks: a graph cached by a run on the machine's own ISA (AVX-512 code)
+# is then reused under ATEN_CPU_CAPABILITY=avx2 or default and fails to compile ("'at::vec'
+# has not been declared", "expected primary-expression before 'float'"). A forced ISA gets
+# a cache of its own (tests/test_compile.py::test_a_forced_isa_has_its_own_inductor_cache).
+if os.environ.get('ATEN_CPU_CAPABILITY') and 'TORCHINDUCTOR_CACHE_DIR' not in os.environ:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = (
+        f"{default_cache_dir()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 DET_DEMO = 'configs/demo/mask_rcnn_rednet50_fpn_synthetic.py'
 SEG_DEMO = 'configs/demo/fpn_rednet50_synthetic.py'
 

@@ -42,6 +42,28 @@ def test_tiny_run_writes_json_and_plot(tmp_path, tools):
     assert (tmp_path / 'models.png').stat().st_size > 0
 
 
+@pytest.mark.slow  # compiles RedNet-26 and ResNet-50 for inference
+def test_compiled_run_reports_compiled_and_eager_times_and_the_isa(tmp_path, tools):
+    out = tmp_path / 'compiled.json'
+    result = tools.run_tool([TOOL, '--scenarios', 'infer_bs1_compiled', '--models', 'rednet26',
+                             'resnet50', '--repeats', '1', '--threads', '1', '--image-size',
+                             '64', '--no-memory', '--no-plot', '--out', str(out)], timeout=900)
+    assert result.returncode == 0, result.stdout
+    data = json.loads(out.read_text())
+    res = data['results']['infer_bs1_compiled']
+    models = {'rednet26', 'resnet50'}
+    assert set(res['time_ms']) == set(res['eager_time_ms']) == set(res['first_call_s']) == models
+    for name in models:
+        assert res['compiled_over_eager'][name] == pytest.approx(
+            res['time_ms'][name] / res['eager_time_ms'][name])
+    (row,) = res['ratios']
+    assert row['time_ratio'] == pytest.approx(
+        res['time_ms']['rednet26'] / res['time_ms']['resnet50'])
+    machine = data['machine']
+    assert machine['cpu'] and machine['aten_cpu_capability'] and machine['inductor_vec_isa']
+    assert 'peak_memory_mib' not in res
+
+
 def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
     out = tmp_path / 'amp.json'
     result = tools.run_tool([TOOL, '--scenarios', 'infer_bs2', 'train_bs3', '--models',
@@ -58,6 +80,8 @@ def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
 @pytest.mark.parametrize('args,message', [
     (['--repeats', '0'], '--repeats must be at least 1'),
     (['--scenarios', 'train_bs8_fused'], "unknown scenario 'train_bs8_fused'"),
+    (['--scenarios', 'train_bs8_fused_compiled'], "unknown scenario 'train_bs8_fused_compiled'"),
+    (['--scenarios', 'infer_bs8_compiled_fused'], "unknown scenario 'infer_bs8_compiled_fused'"),
     (['--scenarios', 'infer_bs0'], "unknown scenario 'infer_bs0'"),
     (['--scenarios', 'infer'], "unknown scenario 'infer'"),
     (['--amp', 'float16', '--scenarios', 'mask_rcnn_train'], 'needs --device cuda'),
@@ -109,3 +133,17 @@ def test_a_resnet_that_does_not_import_is_named(tools):
     result = tools.run_tool([TOOL, '--resnet', 'torchvision'])
     assert result.returncode == 2 and '--resnet torchvision: torchvision does not import here' \
         in result.stdout
+
+
+def test_compiled_scenarios_time_each_model_compiled_and_eager(tools):
+    tool = _load_tool(tools.ROOT)
+    args = tool.parse_args(['--scenarios', 'train_bs8_compiled', 'infer_bs2_fused_compiled',
+                            '--models', 'rednet50', 'resnet50'])
+    assert tool.backbone_scenario('infer_bs2_fused_compiled') == ('infer', 2, True, True)
+    assert tool.backbone_scenario('train_bs8') == ('train', 8, False, False)
+    assert tool.scenario_methods('train_bs8_compiled', args) == {
+        'rednet50': ('rednet50', 'train_bs8_compiled'),
+        'resnet50': ('resnet50', 'train_bs8_compiled'),
+        'rednet50_eager': ('rednet50', 'train_bs8'), 'resnet50_eager': ('resnet50', 'train_bs8')}
+    assert tool.scenario_methods('infer_bs1', args) == {
+        'rednet50': ('rednet50', 'infer_bs1'), 'resnet50': ('resnet50', 'infer_bs1')}

@@ -11,9 +11,12 @@ costs no extra GEMM. Values and gradients are those of the layers called one by 
 rounding: a chain's BN normalises with its own elementwise formula, bitwise the same in
 the forward and in its recomputation.
 
-Under torch.compile a chain is the layers in an activation-checkpointed region instead: the
-compiler merges a backward's recomputation with the forward's identical values and saves
-those, while a checkpointed region it recomputes itself (updating BN statistics once).
+Under torch.compile a chain is the same stages in an activation-checkpointed region instead:
+the compiler merges a backward's recomputation with the forward's identical values and
+saves those, while a checkpointed region it recomputes itself (updating BN statistics
+once). As in eager mode the region keeps the BN statistics (selective checkpointing) and
+ends before the last layer, whose output is thus not recomputed (a region's output is: a
+closing conv would run again in backward); its 1x1 convs are GEMMs as in eager mode.
 """
 import torch
 import torch.distributed as dist
@@ -22,10 +25,12 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.nn.modules.utils import _pair
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                    create_selective_checkpoint_contexts)
 
 from .involution import HAS_EXTENSION, involution
-from .pointwise import _without_hooks, conv1x1, conv1x1_backward
+from .pointwise import (_without_hooks, conv1x1, conv1x1_backward, conv_module_forward,
+                        pointwise_conv)
 from .pooling import ceil_avg_pool, ceil_avg_pool_backward
 from .reference import canonical_weight, default_padding
 
@@ -45,8 +50,9 @@ class _Pass:
     """One run of a chain's stages: the forward, or its recomputation in backward, which
     also records each stage's derivative (a closure over what it needs) in ``records``."""
 
-    def __init__(self, tensors, stats=None, needs_grad=None):
+    def __init__(self, tensors, stats=None, needs_grad=None, in_place=True):
         self.tensors = tensors
+        self.in_place = in_place  # not under selective checkpointing, which forbids it
         self.index = 0
         self.stats = None if stats is None else iter(stats)
         self.new_stats = []
@@ -100,7 +106,8 @@ class _Pass:
         return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
 
     def _relu(self, stage, x, fresh, need_output):
-        out = x.relu_() if fresh else x.relu()  # a stage's output is its own to overwrite
+        # a stage's output is its own to overwrite
+        out = x.relu_() if fresh and self.in_place else x.relu()
         if self.recording:
             self.records.append(
                 lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
@@ -265,6 +272,13 @@ def _update_running_stats(bn, mean, unbiased_var):
         bn.running_var.lerp_(unbiased_var, factor)
 
 
+def _update_all_running_stats(norms, stats):
+    """``stats``: the mean and unbiased variance of each BN in ``norms`` in turn."""
+    for bn, mean, unbiased_var in zip(norms, stats[0::2], stats[1::2]):
+        if bn is not None:
+            _update_running_stats(bn, mean, unbiased_var)
+
+
 def make_chain(modules, x):
     """A function computing ``modules`` applied in order as one recomputing autograd node
     (see the module docstring), for an input like ``x``; or None where a chain does not
@@ -283,19 +297,50 @@ def make_chain(modules, x):
 
     def chain(inp):
         if torch.compiler.is_compiling():
-            return checkpoint(_in_order, modules, inp, use_reentrant=False)
+            return _compiled_chain(modules, inp)
         out, *stats = _RecomputedChain.apply(stages, inp, *tensors)
-        for bn, mean, unbiased_var in zip(norms, stats[0::2], stats[1::2]):
-            if bn is not None:
-                _update_running_stats(bn, mean, unbiased_var)
+        _update_all_running_stats(norms, stats)
         return out
     return chain
 
 
-def _in_order(modules, x):
-    for module in modules:
-        x = module(x)
-    return x
+def _compiled_chain(modules, x):
+    """The chain under torch.compile: every layer but the last in a checkpointed region
+    that keeps its input and its BN statistics (the compiler would compute each batch
+    statistic, a reduction over the batch, again in backward), then the last layer, whose
+    output is not recomputed."""
+    *region, last = modules
+    if region:
+        stages, tensors, norms = module_stages(region)
+        x, *stats = checkpoint(_run_stages, tuple(stages), x, *tensors, use_reentrant=False,
+                               context_fn=_keep_statistics)
+        _update_all_running_stats(norms, stats)
+    return _call(last, x)
+
+
+def _run_stages(stages, x, *tensors):
+    run = _Pass(tensors, in_place=False)
+    out = run.run(stages, x)
+    return (out, *[t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)])
+
+
+def _save_statistics_policy(ctx, func, *args, **kwargs):
+    if func is torch.ops.aten.var_mean.correction:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _keep_statistics():
+    return create_selective_checkpoint_contexts(_save_statistics_policy)
+
+
+def _call(module, x):
+    """``module(x)``, 1x1 convs (alone or in a ConvModule) by the GEMMs of eager mode."""
+    if isinstance(module, ConvModule):
+        return conv_module_forward(module, x)
+    if isinstance(module, nn.Conv2d):
+        return pointwise_conv(x, module)
+    return module(x)
 
 
 def involution_stages(module):
