@@ -30,6 +30,8 @@ from .utils.runtime import (UnsupportedSetupError, check_scope_available, config
                             replace_sync_bn)
 
 PARTS = ('auto', 'full', 'backbone')
+#: the seed of the random weights exported where no checkpoint is given
+EXPORT_SEED = 0
 #: a run in fp32 agrees with PyTorch to this fraction of the output's largest magnitude
 FP32_REL_TOLERANCE = 1e-4
 
@@ -165,11 +167,6 @@ def _build_model(cfg):
 
 def _load_checkpoint(module, checkpoint, part):
     from mmengine.runner import load_checkpoint
-    if not osp.isfile(checkpoint):
-        raise ExportError(f'checkpoint file not found: {checkpoint} (looked for '
-                          f'{osp.abspath(checkpoint)}); give a local file written by '
-                          'tools/train.py or tools/convert_official_checkpoint.py, or leave '
-                          'it out to export random weights')
     if part != 'backbone':
         load_checkpoint(module, checkpoint, map_location='cpu', strict=True)
         return
@@ -186,6 +183,11 @@ def build_exportable(cfg, checkpoint=None, part='auto'):
     from mmengine.model import revert_sync_batchnorm
     if part not in PARTS:
         raise ExportError(f'part must be one of {PARTS}, got {part!r}')
+    if checkpoint and not osp.isfile(checkpoint):
+        raise ExportError(f'checkpoint file not found: {checkpoint} (looked for '
+                          f'{osp.abspath(checkpoint)}); give a local file written by '
+                          'tools/train.py or tools/convert_official_checkpoint.py, or leave '
+                          'it out to export random weights')
     if part == 'backbone':
         backbone = _build_backbone(cfg)
         if checkpoint:

@@ -89,8 +89,8 @@ def main(argv=None):
     try:
         deploy.check_shape(tuple(args.shape), args.batch)
         cfg = deploy.load_config(args.config, args.cfg_options)
+        torch.manual_seed(deploy.EXPORT_SEED)
         module, description, names = deploy.build_exportable(cfg, args.checkpoint, args.part)
-        torch.manual_seed(0)
         example = torch.randn(args.batch, 3, *args.shape)
         start = time.perf_counter()
         model = deploy.export_onnx(module, example, args.out, names, args.dynamic)
