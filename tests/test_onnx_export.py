@@ -203,3 +203,16 @@ def test_tool_classifier_without_torchvision_says_to_export_the_backbone(tmp_pat
         pytest.skip('torchvision installed: mmpretrain builds the classifier here')
     _fails([osp.join(ROOT, 'configs', 'rednet50_64xb32_in1k.py'), '--out',
             str(tmp_path / 'x.onnx'), '--shape', '64', '64'], capsys, '--part backbone')
+
+
+def test_backbone_part_loads_the_backbone_of_a_whole_model_checkpoint(tmp_path):
+    cfg = deploy.load_config(osp.join(ROOT, 'configs', 'rednet26_64xb32_in1k.py'))
+    source, _, _ = deploy.build_exportable(cfg, part='backbone')
+    state = {f'backbone.{k}': v.clone().normal_() if v.is_floating_point() else v
+             for k, v in source.backbone.state_dict().items()}
+    state['head.fc.weight'] = torch.zeros(1000, 2048)
+    path = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': state}, path)
+    module, _, _ = deploy.build_exportable(cfg, path, part='backbone')
+    for key, value in module.backbone.state_dict().items():
+        torch.testing.assert_close(value, state[f'backbone.{key}'], rtol=0, atol=0)
