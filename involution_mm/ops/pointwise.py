@@ -14,8 +14,10 @@ from torch.nn.modules import module as _module
 
 
 def _gemm_applies(x, weight):
-    return (x.device.type == 'cpu' and x.dim() == 4 and weight.dim() == 4
-            and weight.shape[1:] == (x.shape[1], 1, 1) and x.is_contiguous())
+    # exported graphs keep the conv: their runtimes fuse it with the BN and ReLU after it
+    return (not torch.compiler.is_exporting() and x.device.type == 'cpu' and x.dim() == 4
+            and weight.dim() == 4 and weight.shape[1:] == (x.shape[1], 1, 1)
+            and x.is_contiguous())
 
 
 def _folds_batch(batch, in_channels, out_channels, pixels):

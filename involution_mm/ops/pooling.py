@@ -1,4 +1,5 @@
 """The kernel branch's ceil-mode average pool and its gradient."""
+import torch
 import torch.nn.functional as F
 
 
@@ -14,6 +15,11 @@ def ceil_avg_pool(x, stride):
     torch.compile (inductor, torch 2.13) computes wrong gradients for ceil_mode avg_pool2d
     on odd sizes. Even sizes take the plain pool.
     """
+    if torch.compiler.is_exporting():
+        # one AveragePool(ceil_mode) node, and no branch on the parity of a size that an
+        # exported graph keeps symbolic; with no padding the partial windows average their
+        # valid pixels
+        return F.avg_pool2d(x, stride, stride, ceil_mode=True)
     h, w = x.shape[-2:]
     padding = _pad_to_stride(h, w, stride)
     if not any(padding):
