@@ -15,7 +15,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.utils import import_modules_from_strings
 
 from involution_mm.ops import Involution
-from involution_mm.utils.runtime import (CheckpointFileError, adapt_cfg_to_machine,
+from involution_mm.utils.runtime import (CheckpointError, adapt_cfg_to_machine,
                                          check_checkpoint_files, pretrained_checkpoints,
                                          replace_sync_bn)
 
@@ -165,7 +165,7 @@ def test_cpu_adaptation_replaces_syncbn_and_nccl():
 def test_missing_pretrained_file_is_named_with_how_to_convert(tmp_path):
     cfg = load('configs/mask_rcnn_rednet50_fpn_coco.py')
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'nope' / 'rednet50.pth')
-    with pytest.raises(CheckpointFileError) as info:
+    with pytest.raises(CheckpointError) as info:
         check_checkpoint_files(cfg)
     msg = str(info.value)
     assert 'rednet50.pth' in msg and 'model.backbone.init_cfg.checkpoint' in msg
@@ -173,7 +173,7 @@ def test_missing_pretrained_file_is_named_with_how_to_convert(tmp_path):
     # a test run does not read the pretrained file, only its own checkpoint
     check_checkpoint_files(cfg, training=False)
     cfg.load_from = 'https://example.com/x.pth'
-    with pytest.raises(CheckpointFileError, match='is a URL'):
+    with pytest.raises(CheckpointError, match='is a URL'):
         check_checkpoint_files(cfg, training=False)
 
 
