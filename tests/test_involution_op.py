@@ -241,6 +241,11 @@ BAD_CALLS = {
     'input smaller than kernel': (
         lambda x, w: involution(x[..., :2, :2], w, 7, padding=0), ValueError, 'too small for kernel_size=7'),
     'weight not a tensor': (lambda x, w: involution(x, w.tolist(), 7), TypeError, 'weight must be a Tensor'),
+    'bool stride': (lambda x, w: involution(x, w, 7, stride=True), ValueError, 'stride must be an int'),
+    'huge stride': (lambda x, w: involution(x, w, 7, stride=2 ** 63), ValueError,
+                    'stride must be at most 2147483647'),
+    'huge kernel size, flat weight': (lambda x, w: involution(x, w.flatten(1, 3), 2 ** 40), ValueError,
+                                      'kernel_size must be at most'),
 }
 
 
