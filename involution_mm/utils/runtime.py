@@ -210,10 +210,21 @@ def prepare_run(cfg, launcher='none', training=True, amp=False):
     of what was adapted (for the runner's log)."""
     check_scope_available(cfg)
     notes = adapt_cfg_to_machine(cfg, launcher, amp=amp)
+    if training:
+        add_rng_state_hook(cfg)
     check_checkpoint_files(cfg, training=training)
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     init_cpu_distributed(launcher, dist_cfg.get('backend', 'gloo'), dist_cfg.get('timeout', None))
     return notes
+
+
+def add_rng_state_hook(cfg):
+    """Adds :class:`involution_mm.engine.RNGStateHook` to ``cfg.custom_hooks`` (once), so that
+    a run resumed from a checkpoint of these tools continues exactly."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(str(h.get('type', '')).endswith('RNGStateHook') for h in hooks):
+        hooks.append(dict(type='involution_mm.RNGStateHook'))
+    cfg.custom_hooks = hooks
 
 
 def build_runner(cfg, notes=()):
