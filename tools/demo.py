@@ -7,11 +7,15 @@
    picture of predictions and the loss curve;
 3. the same for Semantic FPN RedNet-50 (configs/demo/fpn_rednet50_synthetic.py, mIoU).
 
+With --compare it also trains the stock ResNet-50 models (configs/demo/*_r50_*) on the same
+data, schedule and seed and writes the RedNet-vs-ResNet table and plot (tools/demo_compare.py).
+
 Outputs, under --work-dir (default work_dirs/demo):
   mask_rcnn/  fpn/                     the work dirs (logs, checkpoints, test outputs)
-  mask_rcnn_predictions.png  mask_rcnn_loss.png
+  mask_rcnn_predictions.png  mask_rcnn_loss.png   (image | ground truth | prediction)
   fpn_predictions.png        fpn_loss.png
-  summary.json                         metrics and wall times
+  mask_rcnn_r50*, fpn_r50*, compare.{md,json,png}  with --compare
+  summary.json                         metrics, wall times, peak memory, the machine
 It exits with status 1 if a model learned less than --min-bbox-ap / --min-segm-ap /
 --min-miou (the check that training works).
 
@@ -19,6 +23,7 @@ Examples:
   python tools/demo.py                 # everything (`make demo`)
   python tools/demo.py --only det      # Mask R-CNN only
   python tools/demo.py --det-iters 50  # shorter (the thresholds may then fail)
+  python tools/demo.py --compare       # RedNet-50 against ResNet-50 (`make compare`)
 """
 import argparse
 import json

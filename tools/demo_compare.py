@@ -61,7 +61,8 @@ def write_comparison(summary, models, shapes, work_dir):
                      for k in ['params_m', 'gflops', 's_per_iter', 'peak_rss_mib']
                      + [c for _, c in METRICS[task]] if pair['resnet'][k]}
               for task, pair in pairs.items() if len(pair) == 2}
-    result = dict(machine=summary['machine'], rows=rows, rednet_over_resnet=ratios,
+    result = dict(command=' '.join(['python'] + [osp.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+                  machine=summary['machine'], rows=rows, rednet_over_resnet=ratios,
                   notes=['from scratch on the synthetic data; same config, data, schedule, '
                          'seed and input size for both backbones',
                          'FLOPs: multiply-adds of one image at the training input size '
