@@ -368,7 +368,7 @@ def test_package_imports_without_openmmlab():
         messages = [str(w.message) for w in caught if 'only the op layer' in str(w.message)]
         assert len(messages) == 1 and "'mmengine' is not installed" in messages[0], messages
         assert sorted(involution_mm.UNAVAILABLE) == [
-            'Involution', 'InvolutionFPN', 'RedNet', 'models', 'registry']
+            'Involution', 'InvolutionFPN', 'RedNet', 'engine', 'models', 'registry']
         for get in (lambda: involution_mm.RedNet, lambda: involution_mm.ops.Involution):
             try:
                 get()
