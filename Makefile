@@ -9,7 +9,7 @@ EXT_SRC := $(wildcard ops/*.cpp ops/*.h ops/*.cu ops/*/*.cpp ops/*/*.h ops/*/*.c
 EXT     := $(VENV)/.ext-built
 JOBS    ?= 2
 
-.PHONY: env test demo data bench clean-ext
+.PHONY: env test demo compare data bench clean-ext
 
 env: $(EXT)
 
@@ -38,6 +38,11 @@ test: env
 # of predictions and loss curves under work_dirs/demo/.
 demo: env
 	$(VPY) tools/demo.py
+
+# The demo plus the stock ResNet-50 models on the same data, schedule and seed: a
+# RedNet-vs-ResNet table and plot (work_dirs/demo/compare.{md,json,png}); about twice as long.
+compare: env
+	$(VPY) tools/demo.py --compare
 
 # The synthetic COCO- and Cityscapes-format datasets under data/ (seconds).
 data: env

@@ -20,11 +20,12 @@ install_safe_globals()
 
 #: what could not be imported -> why (empty when mmengine and mmcv are installed)
 UNAVAILABLE = {}
-_OPENMMLAB_PARTS = ('Involution', 'RedNet', 'InvolutionFPN', 'registry', 'models')
+_OPENMMLAB_PARTS = ('Involution', 'RedNet', 'InvolutionFPN', 'registry', 'models', 'engine')
 
 try:
     from . import registry  # noqa: E402
     from . import models  # noqa: E402
+    from . import engine  # noqa: E402
     from .models import InvolutionFPN, RedNet  # noqa: E402
     from .ops import Involution  # noqa: E402
 except ModuleNotFoundError as err:

@@ -4,6 +4,7 @@
   ``MODELS``. From an mmdet/mmseg/mmpretrain config, ``type='involution_mm.RedNet'`` works
   without importing anything: mmengine imports ``involution_mm.registry`` (this module) for
   the unknown scope, finds this node under the root and imports its ``locations``.
+* ``HOOKS``: the same for training hooks (:mod:`involution_mm.engine`).
 * :func:`register_downstream`: after ``import involution_mm`` (e.g. through
   ``custom_imports=dict(imports=['involution_mm'], allow_failed_imports=False)``), the same
   classes are also registered under their short names in the MODELS registries of mmdet,
@@ -13,6 +14,7 @@
 import importlib
 import warnings
 
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 
@@ -20,6 +22,9 @@ SCOPE = 'involution_mm'
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE,
                   locations=['involution_mm.models'])
+
+#: the hooks of involution_mm (``type='involution_mm.RNGStateHook'`` from any scope)
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['involution_mm.engine'])
 
 #: downstream scope -> names of the classes of :data:`MODELS` it receives
 DOWNSTREAM_SCOPES = ('mmdet', 'mmseg', 'mmpretrain')

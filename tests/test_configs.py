@@ -15,7 +15,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.utils import import_modules_from_strings
 
 from involution_mm.ops import Involution
-from involution_mm.utils.runtime import (CheckpointFileError, adapt_cfg_to_machine,
+from involution_mm.utils.runtime import (CheckpointError, adapt_cfg_to_machine,
                                          check_checkpoint_files, pretrained_checkpoints,
                                          replace_sync_bn)
 
@@ -44,6 +44,35 @@ def test_the_configs_the_issue_names_exist():
     assert wanted <= names, sorted(wanted - names)
 
 
+#: the demo's ResNet-50 comparisons -> the stock config whose backbone they put back
+R50_DEMOS = {'configs/demo/mask_rcnn_r50_fpn_synthetic.py':
+             'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+             'configs/demo/fpn_r50_synthetic.py':
+             'mmseg::sem_fpn/fpn_r50_4xb2-80k_cityscapes-512x1024.py'}
+
+
+@pytest.mark.parametrize('path', sorted(R50_DEMOS))
+def test_r50_demo_configs_differ_from_the_rednet_demo_only_in_the_stock_backbone(path):
+    import importlib
+    package, stock_path = R50_DEMOS[path].split('::')
+    stock = Config.fromfile(osp.join(osp.dirname(importlib.import_module(package).__file__),
+                                     '.mim', 'configs', stock_path))
+    cfg = load(path)
+    rednet = load(path.replace('_r50_', '_rednet50_'))
+    # from scratch as the RedNet demo: no pretrained weights, nothing frozen, BN learned
+    ours = dict(cfg.model.backbone)
+    assert ours.pop('init_cfg') is None and ours.pop('norm_eval') is False
+    assert ours.pop('frozen_stages', -1) == -1
+    theirs = {k: v for k, v in stock.model.backbone.items()
+              if k not in ('init_cfg', 'norm_eval', 'frozen_stages')}
+    assert ours == theirs
+    cfg.model.pop('backbone')
+    rednet.model.pop('backbone')
+    assert cfg.model == rednet.model
+    assert cfg.train_dataloader == rednet.train_dataloader
+    assert cfg.param_scheduler == rednet.param_scheduler and cfg.randomness == rednet.randomness
+
+
 def _stock_root(path):
     """The first _base_ at the root of the config's inheritance chain."""
     with open(osp.join(ROOT, path)) as f:
@@ -62,7 +91,10 @@ def test_config_loads_inherits_stock_and_names_no_url(path):
     assert root.split('::')[0] in ('mmdet', 'mmseg', 'mmpretrain'), root
     assert cfg.default_scope == root.split('::')[0]
     assert 'involution_mm' in cfg.custom_imports['imports']
-    assert cfg.model.backbone.type == 'RedNet'
+    if path in R50_DEMOS:
+        assert cfg.model.backbone.type in ('ResNet', 'ResNetV1c')
+    else:
+        assert cfg.model.backbone.type == 'RedNet'
     for key, ckpt in pretrained_checkpoints(cfg):
         assert '://' not in ckpt, (key, ckpt)
     assert not cfg.get('load_from')
@@ -86,6 +118,9 @@ def build(cfg):
 def test_config_builds_on_cpu(path):
     model = build(_prepare(load(path)))
     name = osp.basename(path)
+    if path in R50_DEMOS:
+        assert type(model.backbone).__name__ == load(path).model.backbone.type
+        return
     assert type(model.backbone).__name__ == 'RedNet'
     assert model.backbone.depth == 50 and model.backbone.stem_kernel_size == 7
     neck = getattr(model, 'neck', None)
@@ -165,7 +200,7 @@ def test_cpu_adaptation_replaces_syncbn_and_nccl():
 def test_missing_pretrained_file_is_named_with_how_to_convert(tmp_path):
     cfg = load('configs/mask_rcnn_rednet50_fpn_coco.py')
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / 'nope' / 'rednet50.pth')
-    with pytest.raises(CheckpointFileError) as info:
+    with pytest.raises(CheckpointError) as info:
         check_checkpoint_files(cfg)
     msg = str(info.value)
     assert 'rednet50.pth' in msg and 'model.backbone.init_cfg.checkpoint' in msg
@@ -173,7 +208,7 @@ def test_missing_pretrained_file_is_named_with_how_to_convert(tmp_path):
     # a test run does not read the pretrained file, only its own checkpoint
     check_checkpoint_files(cfg, training=False)
     cfg.load_from = 'https://example.com/x.pth'
-    with pytest.raises(CheckpointFileError, match='is a URL'):
+    with pytest.raises(CheckpointError, match='is a URL'):
         check_checkpoint_files(cfg, training=False)
 
 

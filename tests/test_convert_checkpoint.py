@@ -207,8 +207,8 @@ def test_convert_with_config_checks_every_key(tmp_path):
             rpn_head=dict(type='InvolutionRPNHead'),
             roi_head=dict(mask_head=dict(type='InvolutionFCNMaskHead')))
     '''))
-    from involution_mm.utils.convert import build_model_from_config
-    model = randomized(build_model_from_config(str(cfg)))
+    from involution_mm.utils.checkpoint import build_model_from_config
+    model = randomized(build_model_from_config(str(cfg), device='cpu'))
     sd = model.state_dict()
     src = save_official(tmp_path / 'mask_rcnn_official.pth', sd)
     dst = tmp_path / 'mask_rcnn.pth'
@@ -217,7 +217,7 @@ def test_convert_with_config_checks_every_key(tmp_path):
     assert len(report['mapped']) == len(sd) and not report['unvalidated']
     assert any(d.startswith('roi_head.mask_head.convs.3.0.conv2') for _, d in report['mapped'])
     # the converted file loads into the model with nothing missing or unexpected
-    fresh = build_model_from_config(str(cfg))
+    fresh = build_model_from_config(str(cfg), device='cpu')
     result = fresh.load_state_dict(load_checkpoint_file(dst)['state_dict'], strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     # a classification checkpoint (3x3 stem) does not fit the detection model (7x7 stem)

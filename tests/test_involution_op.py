@@ -241,6 +241,11 @@ BAD_CALLS = {
     'input smaller than kernel': (
         lambda x, w: involution(x[..., :2, :2], w, 7, padding=0), ValueError, 'too small for kernel_size=7'),
     'weight not a tensor': (lambda x, w: involution(x, w.tolist(), 7), TypeError, 'weight must be a Tensor'),
+    'bool stride': (lambda x, w: involution(x, w, 7, stride=True), ValueError, 'stride must be an int'),
+    'huge stride': (lambda x, w: involution(x, w, 7, stride=2 ** 63), ValueError,
+                    'stride must be at most 2147483647'),
+    'huge kernel size, flat weight': (lambda x, w: involution(x, w.flatten(1, 3), 2 ** 40), ValueError,
+                                      'kernel_size must be at most'),
 }
 
 
@@ -363,7 +368,7 @@ def test_package_imports_without_openmmlab():
         messages = [str(w.message) for w in caught if 'only the op layer' in str(w.message)]
         assert len(messages) == 1 and "'mmengine' is not installed" in messages[0], messages
         assert sorted(involution_mm.UNAVAILABLE) == [
-            'Involution', 'InvolutionFPN', 'RedNet', 'models', 'registry']
+            'Involution', 'InvolutionFPN', 'RedNet', 'engine', 'models', 'registry']
         for get in (lambda: involution_mm.RedNet, lambda: involution_mm.ops.Involution):
             try:
                 get()

@@ -1,6 +1,7 @@
 """tools/train.py and tools/test.py, run as a user runs them (subprocesses), on tiny
 synthetic data: a detection and a segmentation demo config for a few iterations, resuming
-after an interruption from the saved iteration, testing with metrics printed; and the
+after an interruption from the saved iteration with the losses of the uninterrupted run,
+testing with metrics printed; and the
 early, clear failures (missing checkpoint files, --amp without CUDA, mmpretrain without
 torchvision)."""
 import os
@@ -24,12 +25,43 @@ def iters_logged(text):
     return [int(m) for m in re.findall(r'Iter\(train\) \[\s*(\d+)/', text)]
 
 
+def losses_by_iter(work_dir):
+    """{iteration: {loss name: value}} of the latest run in ``work_dir`` (mmengine's
+    vis_data/scalars.json; with log_processor.window_size=1 each is that iteration's own)."""
+    import glob
+    import json
+    runs = sorted(glob.glob(osp.join(str(work_dir), '*', 'vis_data', 'scalars.json')))
+    assert runs, f'no scalars.json under {work_dir}'
+    out = {}
+    with open(runs[-1]) as f:
+        for line in f:
+            entry = json.loads(line)
+            if 'loss' in entry:
+                out[entry['iter']] = {k: v for k, v in entry.items() if 'loss' in k}
+    return out
+
+
+def assert_same_losses(resumed, uninterrupted, iters):
+    for it in iters:
+        assert resumed.get(it) == uninterrupted.get(it), (
+            f'iteration {it}: resumed {resumed.get(it)} != uninterrupted {uninterrupted.get(it)}')
+
+
+#: each logged loss is that iteration's own, not a mean over a window of iterations
+EXACT_LOG = ['log_processor.window_size=1']
+
+
 def test_det_train_interrupt_resume_and_test(tmp_path, synthetic_data, tools):
     """Mask R-CNN demo config: train, kill the run after its iteration-2 checkpoint,
-    `--resume` continues at iteration 3 and finishes; tools/test.py prints bbox and segm AP
-    and writes --out and --show-dir."""
+    `--resume` continues at iteration 3 with the losses of an uninterrupted run (same
+    seed) at iterations 3 and 4; tools/test.py prints bbox and segm AP and writes --out
+    and --show-dir."""
+    opts = tools.det_data_options(synthetic_data) + tools.schedule_options(4, ckpt_interval=2) \
+        + EXACT_LOG
+    full = tools.run_tool(['tools/train.py', tools.DET_DEMO, '--work-dir',
+                           str(tmp_path / 'full'), '--cfg-options'] + opts)
+    assert full.returncode == 0, full.stdout[-4000:]
     work = tmp_path / 'det'
-    opts = tools.det_data_options(synthetic_data) + tools.schedule_options(8, ckpt_interval=2)
     cmd = [sys.executable, 'tools/train.py', tools.DET_DEMO, '--work-dir', str(work),
            '--cfg-options'] + opts
     log1 = open(tmp_path / 'first.log', 'w')
@@ -47,28 +79,22 @@ def test_det_train_interrupt_resume_and_test(tmp_path, synthetic_data, tools):
     finally:
         proc.wait()
         log1.close()
-    first = (tmp_path / 'first.log').read_text()
     assert proc.returncode != 0, 'the first run ended by itself: the test did not interrupt it'
-    assert not (work / 'iter_8.pth').exists()
+    assert not (work / 'iter_4.pth').exists()
 
     resumed = tools.run_tool(['tools/train.py', tools.DET_DEMO, '--work-dir', str(work),
                               '--resume', '--cfg-options'] + opts)
     assert resumed.returncode == 0, resumed.stdout[-4000:]
     out = resumed.stdout
-    # killed right after iteration 2 was saved (iteration 4 is saved 2 iterations later)
-    found = re.search(r'Auto resumed from the latest checkpoint \S*iter_(\d+)\.pth', out)
-    assert found, out[-3000:]
-    start = int(found.group(1))
-    assert start in (2, 4) and max(iters_logged(first)) >= start
-    done = iters_logged(out)
-    assert done and done[0] == start + 1 and done[-1] == 8, (done, iters_logged(first))
-    assert (work / 'iter_8.pth').exists()
-    ckpt = torch.load(work / 'iter_8.pth', map_location='cpu')  # weights_only, torch 2.13
-    assert ckpt['meta']['iter'] == 8
+    assert re.search(r'Auto resumed from the latest checkpoint \S*iter_2\.pth', out), out[-3000:]
+    assert iters_logged(out) == [3, 4], iters_logged(out)
+    assert_same_losses(losses_by_iter(work), losses_by_iter(tmp_path / 'full'), (3, 4))
+    ckpt = torch.load(work / 'iter_4.pth', map_location='cpu')  # weights_only, torch 2.13
+    assert ckpt['meta']['iter'] == 4 and 'rng_state' in ckpt
 
     pkl = tmp_path / 'det.pkl'
     show = tmp_path / 'show'
-    test = tools.run_tool(['tools/test.py', tools.DET_DEMO, str(work / 'iter_8.pth'),
+    test = tools.run_tool(['tools/test.py', tools.DET_DEMO, str(work / 'iter_4.pth'),
                            '--work-dir', str(tmp_path / 'det_test'), '--out', str(pkl),
                            '--show-dir', str(show), '--metrics-json',
                            str(tmp_path / 'm.json'), '--cfg-options']
@@ -85,25 +111,29 @@ def test_det_train_interrupt_resume_and_test(tmp_path, synthetic_data, tools):
 
 
 def test_seg_train_resume_from_path_and_test(tmp_path, synthetic_data, tools):
-    """Semantic FPN demo config (SyncBN in the config, BN on CPU): 2 iterations, then
-    `--resume CKPT` with a longer schedule continues at iteration 3; tools/test.py prints
-    mIoU, writes prediction PNGs with --out and painted ones with --show-dir."""
+    """Semantic FPN demo config (SyncBN in the config, BN on CPU; dropout in the head): 4
+    iterations, and `--resume CKPT` from its iteration-2 checkpoint in another work dir
+    gives the same losses at iterations 3 and 4; tools/test.py prints mIoU, writes
+    prediction PNGs with --out and painted ones with --show-dir."""
+    opts = tools.seg_data_options(synthetic_data) + tools.schedule_options(4, ckpt_interval=2) \
+        + EXACT_LOG
+    full = tools.run_tool(['tools/train.py', tools.SEG_DEMO, '--work-dir',
+                           str(tmp_path / 'full'), '--cfg-options'] + opts)
+    assert full.returncode == 0, full.stdout[-4000:]
+    assert 'SyncBN norm config(s) -> BN' in full.stdout or torch.cuda.is_available()
+    assert iters_logged(full.stdout) == [1, 2, 3, 4]
     work = tmp_path / 'seg'
-    data = tools.seg_data_options(synthetic_data)
-    first = tools.run_tool(['tools/train.py', tools.SEG_DEMO, '--work-dir', str(work),
-                            '--cfg-options'] + data + tools.schedule_options(2))
-    assert first.returncode == 0, first.stdout[-4000:]
-    assert 'SyncBN norm config(s) -> BN' in first.stdout or torch.cuda.is_available()
-    assert iters_logged(first.stdout) == [1, 2]
     second = tools.run_tool(['tools/train.py', tools.SEG_DEMO, '--work-dir', str(work),
-                             '--resume', str(work / 'iter_2.pth'), '--cfg-options']
-                            + data + tools.schedule_options(4))
+                             '--resume', str(tmp_path / 'full' / 'iter_2.pth'),
+                             '--cfg-options'] + opts)
     assert second.returncode == 0, second.stdout[-4000:]
     assert iters_logged(second.stdout) == [3, 4]
+    assert_same_losses(losses_by_iter(work), losses_by_iter(tmp_path / 'full'), (3, 4))
     pred_dir = tmp_path / 'pred'
     test = tools.run_tool(['tools/test.py', tools.SEG_DEMO, str(work / 'iter_4.pth'),
                            '--work-dir', str(tmp_path / 'seg_test'), '--out', str(pred_dir),
-                           '--show-dir', str(tmp_path / 'seg_show'), '--cfg-options'] + data)
+                           '--show-dir', str(tmp_path / 'seg_show'), '--cfg-options']
+                          + tools.seg_data_options(synthetic_data))
     assert test.returncode == 0, test.stdout[-4000:]
     assert re.search(r'RESULT mIoU=[\d.]+', test.stdout), test.stdout[-3000:]
     assert len(os.listdir(pred_dir)) == 3

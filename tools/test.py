@@ -21,8 +21,9 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import involution_mm  # noqa: E402,F401  (registries, torch.load safe globals)
-from involution_mm.utils.runtime import (CheckpointFileError,  # noqa: E402
-                                         UnsupportedSetupError, build_runner, config_scope,
+from involution_mm.utils.checkpoint import CheckpointError  # noqa: E402
+from involution_mm.utils.runtime import (UnsupportedSetupError, build_runner,  # noqa: E402
+                                         config_scope,
                                          finish_distributed, format_metrics, prepare_run)
 
 
@@ -128,7 +129,7 @@ def main(argv=None):
             raise UnsupportedSetupError('--out must be a .pkl file for this config')
         # the test loads the whole model from the checkpoint: pretrained files are not read
         notes = prepare_run(cfg, args.launcher, training=False)
-    except (CheckpointFileError, UnsupportedSetupError) as err:
+    except (CheckpointError, UnsupportedSetupError) as err:
         print(f'tools/test.py: error: {err}', file=sys.stderr)
         return 2
 

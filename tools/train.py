@@ -22,8 +22,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import involution_mm  # noqa: E402,F401  (registries, torch.load safe globals)
-from involution_mm.utils.runtime import (CheckpointFileError,  # noqa: E402
-                                         UnsupportedSetupError, build_runner,
+from involution_mm.utils.checkpoint import CheckpointError  # noqa: E402
+from involution_mm.utils.runtime import (UnsupportedSetupError, build_runner,  # noqa: E402
                                          finish_distributed, prepare_run)
 
 
@@ -97,7 +97,7 @@ def main(argv=None):
         cfg = build_cfg(args)
         # mmengine initialises the weights (reading pretrained files) before it resumes
         notes = prepare_run(cfg, args.launcher, training=True, amp=args.amp)
-    except (CheckpointFileError, UnsupportedSetupError) as err:
+    except (CheckpointError, UnsupportedSetupError) as err:
         print(f'tools/train.py: error: {err}', file=sys.stderr)
         return 2
 

@@ -1,7 +1,7 @@
 """The involution op layer; it needs torch alone. ``Involution`` (the layer with its kernel
 branch) is built from mmcv's ConvModule and needs mmcv (or mmcv-lite)."""
 from .involution import HAS_EXTENSION, involution, kernel_conv_involution
-from .reference import involution_out_size, involution_reference
+from .reference import InvolutionArgumentTypeError, involution_out_size, involution_reference
 
 
 def missing_openmmlab_package(err):
@@ -24,5 +24,6 @@ except ModuleNotFoundError as err:
                               f'and needs mmcv (or mmcv-lite): {_MODULE_IMPORT_ERROR}')
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
-__all__ = ['HAS_EXTENSION', 'Involution', 'involution', 'involution_out_size',
+__all__ = ['HAS_EXTENSION', 'Involution', 'InvolutionArgumentTypeError', 'involution',
+           'involution_out_size',
            'involution_reference', 'kernel_conv_involution']

@@ -27,12 +27,24 @@ def default_padding(kernel_size, dilation=1):
     return dilation * (kernel_size - 1) // 2
 
 
+#: the largest hyper-parameter accepted: the kernels index with 32-bit ints where they can
+MAX_HYPER_PARAMETER = 2 ** 31 - 1
+
+
+class InvolutionArgumentTypeError(TypeError, ValueError):
+    """An argument of involution of the wrong type: a TypeError by Python's convention, and
+    a ValueError like every other invalid argument, so ``except ValueError`` catches all."""
+
+
 def _check_int(name, value, minimum):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f'involution: {name} must be an int, got {type(value).__name__}')
+        raise InvolutionArgumentTypeError(
+            f'involution: {name} must be an int, got {type(value).__name__}')
     if value < minimum:
         kind = 'positive' if minimum == 1 else 'non-negative'
         raise ValueError(f'involution: {name} must be {kind}, got {value}')
+    if value > MAX_HYPER_PARAMETER:
+        raise ValueError(f'involution: {name} must be at most {MAX_HYPER_PARAMETER}, got {value}')
 
 
 def canonical_weight(weight, kernel_size):
@@ -40,7 +52,8 @@ def canonical_weight(weight, kernel_size):
     layout that the kernel-generation branch produces."""
     _check_int('kernel_size', kernel_size, 1)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f'involution: weight must be a Tensor, got {type(weight).__name__}')
+        raise InvolutionArgumentTypeError(
+            f'involution: weight must be a Tensor, got {type(weight).__name__}')
     if weight.dim() == 4:
         kk = kernel_size * kernel_size
         if weight.shape[1] % kk != 0:
@@ -63,7 +76,8 @@ def check_involution_args(input, weight, kernel_size, stride, dilation, padding,
     _check_int('padding', padding, 0)
     for name, t, dim in (('input', input, 4), ('weight', weight, 6)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f'involution: {name} must be a Tensor, got {type(t).__name__}')
+            raise InvolutionArgumentTypeError(
+                f'involution: {name} must be a Tensor, got {type(t).__name__}')
         if t.dim() != dim:
             raise ValueError(f'involution: {name} must be {dim}-d, got shape {tuple(t.shape)}')
         if t.dtype not in SUPPORTED_DTYPES:

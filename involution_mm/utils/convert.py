@@ -17,7 +17,8 @@ from collections import OrderedDict
 
 import torch
 
-from .checkpoint import extract_state_dict, load_checkpoint_file
+from .checkpoint import (build_model_from_config, compare_state_dict, extract_state_dict,
+                         load_checkpoint_file, state_shapes)
 
 BACKBONE_PREFIX = 'backbone.'
 _HEAD_PREFIXES = {
@@ -125,38 +126,6 @@ def _infer_involution_fpn(state_dict, prefix='neck.'):
     return args
 
 
-def _compare(expected, state_dict):
-    """(mapped, missing, unexpected, mismatched) of ``state_dict`` against ``expected``
-    (name -> shape)."""
-    mapped, mismatched = [], []
-    for key, value in state_dict.items():
-        if key in expected:
-            if tuple(value.shape) != tuple(expected[key]):
-                mismatched.append((key, tuple(value.shape), tuple(expected[key])))
-            else:
-                mapped.append(key)
-    missing = [k for k in expected if k not in state_dict]
-    return mapped, missing, mismatched
-
-
-def _shapes(module, prefix=''):
-    return OrderedDict((prefix + k, tuple(v.shape)) for k, v in module.state_dict().items())
-
-
-def build_model_from_config(config):
-    """The model of an mm config (any scope), with init_cfg left alone (nothing loads)."""
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-    from mmengine.registry import MODELS as ROOT
-    from mmengine.utils import import_modules_from_strings
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg['custom_imports'])
-    scope = cfg.get('default_scope', None)
-    with DefaultScope.overwrite_default_scope(scope):
-        return ROOT.build(cfg.model)
-
-
 def convert_state_dict(state_dict, config=None, backbone_only=False):
     """Maps and validates an official state_dict.
 
@@ -187,7 +156,7 @@ def convert_state_dict(state_dict, config=None, backbone_only=False):
     expected = OrderedDict()
     if config is not None:
         model = build_model_from_config(config)
-        expected.update(_shapes(model))
+        expected.update(state_shapes(model))
         if backbone_only:
             expected = OrderedDict((k[len(BACKBONE_PREFIX):], s) for k, s in expected.items()
                                    if k.startswith(BACKBONE_PREFIX))
@@ -200,12 +169,12 @@ def convert_state_dict(state_dict, config=None, backbone_only=False):
                           num_stages=arch['num_stages'],
                           strides=(1, 2, 2, 2)[:arch['num_stages']],
                           dilations=(1, 1, 1, 1)[:arch['num_stages']], out_indices=(0, ))
-        expected.update(_shapes(backbone, prefix_out))
+        expected.update(state_shapes(backbone, prefix_out))
         validated_prefixes = [prefix_out]  # '' (a bare backbone) covers every key
         if not backbone_only and prefix_out:
             neck_args = _infer_involution_fpn(state_dict)
             if neck_args is not None:
-                expected.update(_shapes(InvolutionFPN(**neck_args), 'neck.'))
+                expected.update(state_shapes(InvolutionFPN(**neck_args), 'neck.'))
                 validated_prefixes.append('neck.')
                 arch['neck'] = dict(type='InvolutionFPN', **neck_args)
             elif any(k.startswith('neck.') for k in keys):
@@ -218,9 +187,10 @@ def convert_state_dict(state_dict, config=None, backbone_only=False):
                 validated_prefixes.append('head.')
                 arch['num_classes'] = w.shape[0]
 
-    mapped, missing, mismatched = _compare(expected, new_sd)
+    fit = compare_state_dict(new_sd, expected)
+    mapped, missing, mismatched = fit['mapped'], fit['missing'], fit['mismatched']
     if config is not None:
-        unexpected = [k for k in new_sd if k not in expected]
+        unexpected = fit['unexpected']
         unvalidated = []
     else:
         covered = [k for k in new_sd

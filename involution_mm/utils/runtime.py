@@ -10,19 +10,26 @@ machine:
   because mmengine's ``init_dist`` calls ``torch.cuda.set_device`` first, which a CPU build
   of torch does not have.
 * :func:`check_checkpoint_files`: every checkpoint a run will read (backbone ``init_cfg``
-  of type Pretrained, ``pretrained``, ``load_from``, the test checkpoint) is checked before
-  anything is built, so a missing file stops the run at once with a message that names the
-  file, the config key and how to get or convert the file (nothing is downloaded).
+  of type Pretrained, ``pretrained``, ``load_from``, ``--resume``, the test checkpoint) is
+  checked before anything is built, so a missing, truncated, foreign or unsafe file, or one
+  whose weights do not fit the config, stops the run at once with a line that names the
+  file, the config key and what is wrong (nothing is downloaded).
 * :func:`check_scope_available`: an mmpretrain config on a machine where
   ``mmpretrain.models`` does not import (no torchvision) stops with that reason.
 """
 import importlib
 import os
 import os.path as osp
+import re
 import subprocess
+from collections import OrderedDict
 from datetime import timedelta
 
 import torch
+
+from .checkpoint import (CheckpointError, CheckpointNotFoundError, build_model_from_config,
+                         compare_state_dict, describe_misfit, load_state_dict_file,
+                         state_shapes)
 
 #: the norm types that need CUDA (torch's SyncBatchNorm, mmcv's SyncBatchNorm)
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN', 'TorchSyncBN', 'SyncBatchNorm', 'nn.SyncBatchNorm')
@@ -40,10 +47,6 @@ LOAD_HINT = (
     'Give an existing local checkpoint: one written by tools/train.py (work_dirs/...), or '
     'an official RedNet detection/segmentation model converted with\n'
     '    python tools/convert_official_checkpoint.py OFFICIAL.pth {path} --config CONFIG')
-
-
-class CheckpointFileError(FileNotFoundError):
-    """A checkpoint named by the config or the command line is missing (or is a URL)."""
 
 
 class UnsupportedSetupError(RuntimeError):
@@ -207,10 +210,21 @@ def prepare_run(cfg, launcher='none', training=True, amp=False):
     of what was adapted (for the runner's log)."""
     check_scope_available(cfg)
     notes = adapt_cfg_to_machine(cfg, launcher, amp=amp)
+    if training:
+        add_rng_state_hook(cfg)
     check_checkpoint_files(cfg, training=training)
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     init_cpu_distributed(launcher, dist_cfg.get('backend', 'gloo'), dist_cfg.get('timeout', None))
     return notes
+
+
+def add_rng_state_hook(cfg):
+    """Adds :class:`involution_mm.engine.RNGStateHook` to ``cfg.custom_hooks`` (once), so that
+    a run resumed from a checkpoint of these tools continues exactly."""
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(str(h.get('type', '')).endswith('RNGStateHook') for h in hooks):
+        hooks.append(dict(type='involution_mm.RNGStateHook'))
+    cfg.custom_hooks = hooks
 
 
 def build_runner(cfg, notes=()):
@@ -260,31 +274,121 @@ def pretrained_checkpoints(cfg):
     return found
 
 
+def _init_cfg_target(key):
+    """The module path that an ``init_cfg`` Pretrained entry at config key ``key`` loads
+    into ('model.backbone.init_cfg.checkpoint' -> 'backbone', 'model.init_cfg...' -> ''),
+    or None where the key is no init_cfg (e.g. ``pretrained``)."""
+    found = re.match(r'^model((?:\.\w+|\[\d+\])*?)\.init_cfg(?:\[\d+\])?\.checkpoint$', key)
+    if found is None:
+        return None
+    return re.sub(r'\[(\d+)\]', r'.\1', found.group(1)).strip('.')
+
+
+def _fit_error(key, path, why):
+    return CheckpointError(f'{key} = {str(path)!r}: its weights do not fit the model of this '
+                           f'config: {why}')
+
+
+def _check_fit(key, path, state_dict, expected, exact):
+    """Raises :class:`CheckpointError` if ``state_dict`` does not fit ``expected`` (name ->
+    shape): with ``exact`` (testing, resuming) every name and shape must match; otherwise
+    (load_from, pretrained init; mmengine loads those non-strictly, e.g. to fine-tune to
+    other classes) at least one tensor must fit."""
+    fit = compare_state_dict(state_dict, expected)
+    if exact and describe_misfit(fit):
+        raise _fit_error(key, path, describe_misfit(fit))
+    if not exact and not fit['mapped']:
+        hint = ''
+        for prefix in sorted({k.split('.')[0] + '.' for k in state_dict if '.' in k}):
+            stripped = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                                   if k.startswith(prefix))
+            if compare_state_dict(stripped, expected)['mapped']:
+                hint = f" (without the prefix {prefix!r}, some would: set prefix='{prefix}')"
+                break
+        first_file = ', '.join(list(state_dict)[:2])
+        first_model = ', '.join(list(expected)[:2])
+        raise _fit_error(key, path, f'not one tensor fits (the file has {first_file}, ...; '
+                         f'the model {first_model}, ...){hint}')
+
+
 def check_checkpoint_files(cfg, training=True, extra=()):
-    """Raises :class:`CheckpointFileError` for the first checkpoint the run would read that
-    is not a local file: the model's pretrained weights (when ``training``; a test loads a
-    whole checkpoint instead), ``cfg.load_from`` and ``extra`` ((what, path) pairs).
-    URLs are refused too (they would hang or fail on a machine without network) unless the
-    environment sets ``INVOLUTION_MM_ALLOW_DOWNLOAD=1``."""
-    items = []
+    """Raises :class:`CheckpointError` for the first checkpoint the run would read that
+    cannot be used, before anything is built: the model's pretrained weights (when
+    ``training``; a test loads a whole checkpoint instead), ``cfg.load_from`` (or, resuming
+    without a path, the work dir's latest checkpoint) and ``extra`` ((what, path) pairs).
+
+    Each file must exist locally (URLs are refused, as they would hang or fail on a machine
+    without network, unless the environment sets ``INVOLUTION_MM_ALLOW_DOWNLOAD=1``), be a
+    complete ``torch.save`` file holding only allow-listed data (nothing in it runs), and
+    its weights must fit the config's model, which is built on the meta device (names and
+    shapes, no memory) to compare them: exactly for a test checkpoint or resuming, at least
+    one tensor for ``load_from`` and pretrained inits (mmengine loads those non-strictly).
+    """
+    items = []  # (key, path, hint, how the weights must fit: 'exact'|'partial'|module path)
     if training:
-        items += [(k, p, CONVERT_HINT) for k, p in pretrained_checkpoints(cfg)]
+        for key, path in pretrained_checkpoints(cfg):
+            target = _init_cfg_target(key)
+            items.append((key, path, CONVERT_HINT, target))
+    exact = not training or bool(cfg.get('resume', False))
     if cfg.get('load_from', None):
-        items.append(('load_from', cfg.load_from, LOAD_HINT))
-    items += [(k, p, LOAD_HINT) for k, p in extra]
+        items.append(('load_from', cfg.load_from, LOAD_HINT, 'exact' if exact else 'partial'))
+    elif training and cfg.get('resume', False) is True and cfg.get('work_dir', None):
+        from mmengine.runner import find_latest_checkpoint
+        latest = find_latest_checkpoint(cfg.work_dir)
+        if latest:
+            items.append(('--resume (latest checkpoint of the work dir)', latest, LOAD_HINT,
+                          'exact'))
+    items += [(k, p, LOAD_HINT, 'exact') for k, p in extra]
     allow_urls = os.environ.get(ALLOW_DOWNLOAD_ENV, '') == '1'
-    for key, path, hint in items:
+    loaded = []
+    for key, path, hint, how in items:
         if _is_url(path):
             if allow_urls:
                 continue
-            raise CheckpointFileError(
+            raise CheckpointNotFoundError(
                 f'{key} = {path!r} is a URL. These tools read local files only (set '
                 f'{ALLOW_DOWNLOAD_ENV}=1 to let mmengine download it). '
                 + hint.format(path='LOCAL.pth'))
         if not osp.isfile(osp.expanduser(str(path))):
-            raise CheckpointFileError(
+            raise CheckpointNotFoundError(
                 f'checkpoint file not found: {key} = {path!r} (looked for '
                 f'{osp.abspath(osp.expanduser(str(path)))}).\n' + hint.format(path=path))
+        try:
+            loaded.append((key, path, how, load_state_dict_file(osp.expanduser(str(path)))))
+        except CheckpointError as err:
+            raise CheckpointError(f'{key}: {err}') from None
+    if not any(how is not None for _, _, how, _ in loaded):
+        return
+    model = build_model_from_config(cfg, device='meta')
+    for key, path, how, state_dict in loaded:
+        if how in ('exact', 'partial'):
+            _check_fit(key, path, state_dict, state_shapes(model), exact=how == 'exact')
+            continue
+        if how is None:
+            continue
+        try:
+            module = model.get_submodule(how) if how else model
+        except AttributeError:
+            continue  # a config path that is no attribute path: mmengine reports misfits
+        node = _config_node(cfg, key)
+        prefix = node.get('prefix', None) if isinstance(node, dict) else None
+        if prefix:
+            kept = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                               if k.startswith(prefix))
+            if not kept:
+                raise _fit_error(key, path, f'no key starts with its prefix {prefix!r} (the '
+                                 f"file has {', '.join(list(state_dict)[:2])}, ...)")
+            state_dict = kept
+        _check_fit(key, path, state_dict, state_shapes(module), exact=False)
+
+
+def _config_node(cfg, key):
+    """The dict at config key ``key`` minus its last part ('model.backbone.init_cfg' of
+    'model.backbone.init_cfg.checkpoint')."""
+    node = cfg
+    for part in re.findall(r'\w+|\[\d+\]', key)[:-1]:
+        node = node[int(part[1:-1])] if part.startswith('[') else node[part]
+    return node
 
 
 # ----------------------------------------------------------------------------- metrics
