@@ -24,6 +24,7 @@ def test_tiny_run_writes_json(tmp_path, tools):
     # unfold materialises K*K = 49 times the input; the op nothing that grows with it
     assert row['extra_peak_mib']['unfold_reference'] >= 0
     assert row['achieved_gbps'] > 0 and data['copy_bandwidth_gbps'] > 0
+    assert row['fraction_of_same_bytes_copy'] > 0
 
 
 @pytest.mark.parametrize('args,message', [

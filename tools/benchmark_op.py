@@ -3,7 +3,8 @@
 Times forward and forward+backward on the RedNet-50 shapes (C = 64/128/256/512 at
 56/28/14/7, G = C/16, K = 7) in blocks of back-to-back calls, interleaving the methods'
 blocks in one process so that machine noise hits them alike, and reports medians, ratios,
-the achieved bandwidth against the op's memory-traffic lower bound, and the peak extra
+the achieved bandwidth against the op's memory-traffic lower bound (as bytes/s, against a
+large copy, and as a fraction of a copy of those bytes timed in the same rounds), and the peak extra
 memory of forward+backward. On CPU each memory measurement runs in a fresh process and reads
 the high-water mark of its resident memory, so scratch buffers that bypass torch's allocator
 count too; on CUDA it is the growth of torch.cuda.max_memory_allocated. Writes JSON with the
@@ -29,6 +30,9 @@ KERNEL_SIZE = 7
 GROUP_CHANNELS = 16
 # op and depthwise conv adjacent: the op/dwconv ratio of a round compares blocks timed back to back
 METHODS = ('involution_mm', 'depthwise_conv', 'unfold_reference')
+# Forward only: a copy that reads and writes as many bytes as the op's forward must move.
+BANDWIDTH_METHOD = 'lower_bound_copy'
+
 
 
 def parse_args(argv=None):
@@ -84,6 +88,11 @@ def make_case(method, batch, channels, size, dtype, requires_grad, device='cpu')
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
+    if method == BANDWIDTH_METHOD:
+        elements = round(lower_bound_bytes(batch, channels, size, dtype) / 2
+                         / torch.empty((), dtype=dtype).element_size())
+        src, dst = randn(elements), torch.empty(elements, device=device, dtype=dtype)
+        return (lambda a, b: b.copy_(a)), src, dst, None
     x = randn(batch, channels, size, size)
     if method == 'depthwise_conv':
         w = randn(channels, 1, KERNEL_SIZE, KERNEL_SIZE)
@@ -114,7 +123,8 @@ def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, devi
     were taken side by side. A single call of a 50 us op right after the 100x slower unfold
     reference would time the cache misses and page faults that the reference leaves behind,
     not the op."""
-    cases = {m: make_case(m, batch, channels, size, dtype, backward, device) for m in METHODS}
+    methods = METHODS if backward else METHODS + (BANDWIDTH_METHOD,)
+    cases = {m: make_case(m, batch, channels, size, dtype, backward, device) for m in methods}
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
 
     def block(case, calls):
@@ -129,7 +139,7 @@ def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, devi
     for method, case in cases.items():  # warm-up, and the calls per block
         per_call = min(block(case, 1) for _ in range(2))
         calls[method] = max(1, round(block_ms / 1e3 / per_call))
-    samples = {m: [] for m in METHODS}
+    samples = {m: [] for m in methods}
     for _ in range(repeats):
         for method, case in cases.items():
             samples[method].append(block(case, calls[method]) / calls[method])
@@ -246,7 +256,8 @@ def write_json(path, result):
 def format_table(rows):
     head = ('| B | C | HxW | op fwd ms | unfold fwd ms | dwconv fwd ms | op fwd+bwd ms | '
             'unfold fwd+bwd ms | dwconv fwd+bwd ms | unfold/op fwd | unfold/op f+b | '
-            'op/dwconv fwd | op/dwconv f+b | op GB/s (bound) | op extra MiB | unfold extra MiB |'
+            'op/dwconv fwd | op/dwconv f+b | op GB/s (bound) | of same-bytes copy | op extra MiB | '
+            'unfold extra MiB |'
             ' x+w MiB |')
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
@@ -257,7 +268,8 @@ def format_table(rows):
             f"{fb['involution_mm']:.2f} | {fb['unfold_reference']:.1f} | {fb['depthwise_conv']:.2f} | "
             f"{r['speedup_vs_unfold_forward']:.1f}x | {r['speedup_vs_unfold_forward_backward']:.1f}x | "
             f"{r['ratio_to_dwconv_forward']:.2f} | {r['ratio_to_dwconv_forward_backward']:.2f} | "
-            f"{r['achieved_gbps']:.1f} | {mem.get('involution_mm', float('nan')):.1f} | "
+            f"{r['achieved_gbps']:.1f} | {r['fraction_of_same_bytes_copy']:.0%} | "
+            f"{mem.get('involution_mm', float('nan')):.1f} | "
             f"{mem.get('unfold_reference', float('nan')):.1f} | {r['input_plus_weight_mib']:.1f} |")
     return '\n'.join(lines)
 
@@ -282,6 +294,7 @@ def main(argv=None):
                                args.device)
             fb = time_methods(batch, channels, size, dtype, True, args.repeats, args.block_ms,
                               args.device)
+            copy_s = fwd.pop(BANDWIDTH_METHOD)
             fwd_ms = {m: statistics.median(v) * 1e3 for m, v in fwd.items()}
             bound = lower_bound_bytes(batch, channels, size, dtype)
             elem = torch.empty((), dtype=dtype).element_size()
@@ -300,6 +313,8 @@ def main(argv=None):
                     paired_ratio(fb, 'involution_mm', 'depthwise_conv'),
                 'lower_bound_bytes_forward': bound,
                 'achieved_gbps': bound / (fwd_ms['involution_mm'] / 1e3) / 1e9,
+                'fraction_of_same_bytes_copy': statistics.median(
+                    c / op for c, op in zip(copy_s, fwd['involution_mm'])),
                 'input_plus_weight_mib': (x_bytes + w_bytes) / 2 ** 20,
             }
             if not args.no_memory:
@@ -322,7 +337,10 @@ def main(argv=None):
                  'resident-memory high-water mark (CPU) or of max_memory_allocated (CUDA) '
                  'during one forward+backward beyond the inputs, output and gradients; '
                  'achieved_gbps = forward lower-bound bytes '
-                 '(x read, out written, weight read once) / forward time',
+                 '(x read, out written, weight read once) / forward time; '
+                 'fraction_of_same_bytes_copy = median over rounds of the time of a tensor '
+                 'copy moving those bytes (cache-resident where they fit, unlike the large '
+                 'copy of copy_bandwidth_gbps) / the forward time, timed in the same rounds',
         'results': rows,
     }
     write_json(args.out, result)

@@ -35,13 +35,14 @@ class AlignedBuffer {
 // Output pixels per register block: R pixels x NV vectors of accumulators stay in registers.
 template <int64_t NV>
 constexpr int64_t pixel_block() {
-  return kMaxChannelBlock >= 16 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 6 : 3);
+  return kVectorRegisters >= 32 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 6 : 3);
 }
 
-// With a dense kernel row in registers too (RB + K - 1 more vectors, K <= 7).
+// The same for the dense kernels, which hold one input column (NV vectors) and a broadcast
+// weight besides the accumulators.
 template <int64_t NV>
 constexpr int64_t dense_pixel_block() {
-  return kMaxChannelBlock >= 16 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 4 : 2);
+  return kVectorRegisters >= 32 ? (NV == 1 ? 8 : 4) : (NV == 1 ? 12 : 6);
 }
 
 // panel[(pr * Wp + pc) * CG + cg] = x[c0 + cg, r0 + pr, pc - pad], zero outside the image.
@@ -72,8 +73,9 @@ inline void store_pixel_row(scalar_t* out_c0_row, const Strides4& os, const acc_
 }
 
 // DenseK = K > 0 for stride 1, dilation 1 and a K the kernel is built for: tap v of pixel
-// j + r then reads column j + r + v, so one row of RB + K - 1 input vectors in registers serves
-// all RB x K taps of a kernel row. DenseK = 0: any geometry, one load per tap.
+// j + r then reads column j + r + v, so each of the RB + K - 1 input columns of a kernel row is
+// loaded once and serves the up to K pixels whose taps read it. DenseK = 0: any geometry, one
+// load per tap.
 template <typename scalar_t, int64_t NV, int64_t DenseK>
 void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
                      const scalar_t* w, scalar_t* out, const Strides4& os) {
@@ -135,21 +137,20 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
             const acc_t* x_u = panel.data() + ((i * s + u * d) * Wp + j * s) * CG;
             const acc_t* w_u = w_rows + u * K * uv_stride + i * Wo + j;
             if constexpr (DenseK > 0) {
-              // RB + K - 1 input vectors of the kernel row serve all RB x K taps.
-              Vec<acc_t> xv[RB + DenseK - 1][NV];
+              // Column k serves pixels r = k - v; for each pixel the taps still come in order
+              // of v, and only one column is live at a time.
               INVOLUTION_UNROLL
-              for (int64_t k = 0; k < RB + DenseK - 1; ++k)
+              for (int64_t k = 0; k < RB + DenseK - 1; ++k) {
+                Vec<acc_t> xv[NV];
                 INVOLUTION_UNROLL
-                for (int64_t nv = 0; nv < NV; ++nv) xv[k][nv] = Vec<acc_t>::loadu(x_u + k * CG + nv * VS);
-              INVOLUTION_UNROLL
-              for (int64_t v = 0; v < DenseK; ++v) {
-                const acc_t* w_uv = w_u + v * uv_stride;
+                for (int64_t nv = 0; nv < NV; ++nv) xv[nv] = Vec<acc_t>::loadu(x_u + k * CG + nv * VS);
                 INVOLUTION_UNROLL
                 for (int64_t r = 0; r < RB; ++r) {
-                  const Vec<acc_t> wv(w_uv[r]);
+                  if (k - r < 0 || k - r >= DenseK) continue;  // resolved at compile time
+                  const Vec<acc_t> wv(w_u[(k - r) * uv_stride + r]);
                   INVOLUTION_UNROLL
                   for (int64_t nv = 0; nv < NV; ++nv)
-                    acc[r][nv] = at::vec::fmadd(wv, xv[r + v][nv], acc[r][nv]);
+                    acc[r][nv] = at::vec::fmadd(wv, xv[nv], acc[r][nv]);
                 }
               }
             } else {
@@ -223,22 +224,23 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
               const acc_t* go_r = go_panel.data() + (ii * row_len - taps.j_lo + m) * CG;
               const acc_t* w_r = w_panel.data() + (u * K * n_i + ii) * row_len - taps.j_lo + m;
               if constexpr (DenseK > 0) {
-                Vec<acc_t> gv[RB + DenseK - 1][NV];  // gv[k]: column m + p - (K - 1) + k
+                // Column k = r - v + K - 1 (grad_out column m + p - (K - 1) + k) serves pixels
+                // r = k + v - (K - 1); descending k keeps each pixel's taps in order of v.
                 const acc_t* go_first = go_r + (p - (DenseK - 1)) * CG;
                 INVOLUTION_UNROLL
-                for (int64_t k = 0; k < RB + DenseK - 1; ++k)
+                for (int64_t k = RB + DenseK - 2; k >= 0; --k) {
+                  Vec<acc_t> gv[NV];
                   INVOLUTION_UNROLL
                   for (int64_t nv = 0; nv < NV; ++nv)
-                    gv[k][nv] = Vec<acc_t>::loadu(go_first + k * CG + nv * VS);
-                INVOLUTION_UNROLL
-                for (int64_t v = 0; v < DenseK; ++v) {
-                  const acc_t* w_t = w_r + v * n_i * row_len + p - v;
+                    gv[nv] = Vec<acc_t>::loadu(go_first + k * CG + nv * VS);
                   INVOLUTION_UNROLL
                   for (int64_t r = 0; r < RB; ++r) {
-                    const Vec<acc_t> wv(w_t[r]);
+                    const int64_t v = r - k + DenseK - 1;
+                    if (v < 0 || v >= DenseK) continue;  // resolved at compile time
+                    const Vec<acc_t> wv(w_r[v * n_i * row_len + p - v + r]);
                     INVOLUTION_UNROLL
                     for (int64_t nv = 0; nv < NV; ++nv)
-                      acc[r][nv] = at::vec::fmadd(wv, gv[r - v + DenseK - 1][nv], acc[r][nv]);
+                      acc[r][nv] = at::vec::fmadd(wv, gv[nv], acc[r][nv]);
                   }
                 }
               } else {

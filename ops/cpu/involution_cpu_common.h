@@ -127,10 +127,14 @@ class TaskGrid {
 
 // ---- Channel and pixel blocks -----------------------------------------------------------
 
+// Vector registers of the build: 32 with AVX-512, 16 with AVX2 (and the DEFAULT build's arrays
+// of 8 floats, which the compiler maps onto SSE register pairs).
+constexpr int64_t kVectorRegisters = Vec<float>::size() >= 16 ? 32 : 16;
+
 // Channels of one group computed together (panel and flat kernels): each weight vector is
 // loaded once and used for up to kMaxChannelBlock channels, whose accumulators stay in
-// registers (32 vector registers with AVX-512, 16 otherwise).
-constexpr int64_t kMaxChannelBlock = Vec<float>::size() >= 16 ? 16 : 8;
+// registers.
+constexpr int64_t kMaxChannelBlock = kVectorRegisters / 2;
 
 template <int64_t N>
 using BlockSize = std::integral_constant<int64_t, N>;

@@ -6,7 +6,7 @@
 
 #include "involution_cpu_channel_vec.h"
 #include "involution_cpu_common.h"
-#include "involution_cpu_flat_avx512.h"
+#include "involution_cpu_flat.h"
 #include "involution_cpu_panel.h"
 
 namespace involution_mm {
@@ -15,13 +15,14 @@ namespace CPU_CAPABILITY {
 namespace {
 
 // Which kernel family runs, for every build and dtype (acc_t: the accumulation type):
-//  1. AVX-512, stride 1 with same padding (Ho = H, Wo = W): the row-flattened kernels, whose
-//     vector loop over flat pixel indices keeps every lane busy whatever W is. They are built
-//     for AVX-512 only, where masked FMAs cost what plain ones do and 32 registers hold their
-//     register blocks; elsewhere the kernels below are faster. One exception: the forward of
-//     groups of exactly one vector of channels with K = 7, stride 1, dilation 1 and rows of at
-//     least a register block of pixels, where the dense channel-vectorised kernel's aligned
-//     loads and broadcast weights beat the flat kernel's loads, which straddle cache lines.
+//  1. stride 1 with same padding (Ho = H, Wo = W), AVX-512 and AVX2 builds: the row-flattened
+//     kernels, whose vector loop over flat pixel indices keeps every lane busy whatever W is
+//     (the DEFAULT build has no masked loads and stores for them), except where a
+//     channel-vectorised kernel is faster: with AVX2 wherever one exists (broadcast weights
+//     and aligned loads against loads that straddle cache lines, which cost twice); with
+//     AVX-512, whose masked loads and FMAs cost what plain ones do, only the dense forward
+//     (groups of exactly one vector of channels, K = 7, stride 1, dilation 1, rows of at least
+//     a register block of pixels).
 //  2. forward and grad_input with C/G of one or two vectors: the channel-vectorised kernels.
 //  3. Everything else: the panel kernels (grad_weight has no channel-vectorised kernel).
 enum class Op { kForward, kGradInput, kGradWeight };
@@ -30,13 +31,19 @@ enum class Family { kPanel, kChannelVec, kFlat };
 template <typename acc_t>
 inline Family kernel_family(Op op, const InvolutionShape& sh) {
   const int64_t CG = sh.channels_per_group(), VS = Vec<acc_t>::size();
-#if defined(CPU_CAPABILITY_AVX512)
+  const bool channel_vec = op != Op::kGradWeight && (CG == VS || CG == 2 * VS);
+#if defined(INVOLUTION_CPU_FLAT_KERNELS)
   const bool same_stride1 = sh.stride == 1 && sh.Ho == sh.H && sh.Wo == sh.W;
-  const bool dense_forward = op == Op::kForward && CG == VS && sh.stride == 1 &&
-                             sh.dilation == 1 && sh.K == 7 && sh.Wo >= dense_pixel_block<1>();
-  if (same_stride1 && !dense_forward) return Family::kFlat;
+#if defined(CPU_CAPABILITY_AVX512)
+  const bool channel_vec_first = op == Op::kForward && CG == VS && sh.stride == 1 &&
+                                 sh.dilation == 1 && sh.K == 7 &&
+                                 sh.Wo >= dense_pixel_block<1>();
+#else
+  const bool channel_vec_first = channel_vec;
 #endif
-  if (op != Op::kGradWeight && (CG == VS || CG == 2 * VS)) return Family::kChannelVec;
+  if (same_stride1 && !channel_vec_first) return Family::kFlat;
+#endif
+  if (channel_vec) return Family::kChannelVec;
   return Family::kPanel;
 }
 
@@ -81,7 +88,7 @@ void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* in
                                       static_cast<scalar_t*>(output), output_strides);
     using acc_t = at::opmath_type<scalar_t>;
     switch (kernel_family<acc_t>(Op::kForward, shape)) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(INVOLUTION_CPU_FLAT_KERNELS)
       case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, false>, args);
 #endif
       case Family::kChannelVec: {
@@ -105,7 +112,7 @@ void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void*
                                       static_cast<scalar_t*>(grad_input), grad_input_strides);
     using acc_t = at::opmath_type<scalar_t>;
     switch (kernel_family<acc_t>(Op::kGradInput, shape)) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(INVOLUTION_CPU_FLAT_KERNELS)
       case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, true>, args);
 #endif
       case Family::kChannelVec: {
@@ -129,7 +136,7 @@ void grad_weight(const InvolutionShape& shape, c10::ScalarType dtype, const void
                                       input_strides, static_cast<scalar_t*>(grad_weight));
     using acc_t = at::opmath_type<scalar_t>;
     switch (kernel_family<acc_t>(Op::kGradWeight, shape)) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(INVOLUTION_CPU_FLAT_KERNELS)
       case Family::kFlat: return std::apply(grad_weight_flat_impl<scalar_t>, args);
 #endif
       default: return std::apply(grad_weight_impl<scalar_t>, args);

@@ -1,25 +1,31 @@
 // Row-flattened kernels (forward, grad_input, grad_weight) for stride 1 with "same" padding
-// (Ho = H, Wo = W, so 2p = (K-1)d), built for AVX-512 only (kernel_family in
-// involution_cpu_dispatch.h says why). With that geometry an output pixel and the input pixel
-// it centres on have the same flat index q = i*W + j, and tap (u, v) of every pixel sits at the
-// fixed offset (u*d - p)*W + v*d - p. A block of rows is then one vector loop over q with every
-// lane in use, whatever W is (a panel kernel's 7-pixel rows fill 7 of 16 lanes), with the
-// weight planes, grad_output and the results in their NCHW places: no transposes, and a plain
-// copy of the rows each task reads for the other operand. Taps that leave the image
-// (above/below, or across the left/right edge, where the flat index wraps into the
-// neighbouring row) are dropped by lane masks.
+// (Ho = H, Wo = W, so 2p = (K-1)d), built for AVX-512 and AVX2, whose masked loads, stores and
+// lane selects they need (kernel_family in involution_cpu_dispatch.h says where they run).
+// With that geometry an output pixel and the input pixel it centres on have the same flat
+// index q = i*W + j, and tap (u, v) of every pixel sits at the fixed offset
+// (u*d - p)*W + v*d - p. A block of rows is then one vector loop over q with every lane in
+// use, whatever W is (a panel kernel's 7-pixel rows fill 7 of 16 lanes), with the weight
+// planes, grad_output and the results in their NCHW places: no transposes, and a plain copy of
+// the rows each task reads for the other operand. Taps that leave the image (above/below, or
+// across the left/right edge, where the flat index wraps into the neighbouring row) are
+// dropped by lane masks; vectors whose lanes are all inside take unmasked loads and FMAs.
 #pragma once
 
 #include "involution_cpu_common.h"
 
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define INVOLUTION_CPU_FLAT_KERNELS 1
+#endif
+
+#if defined(INVOLUTION_CPU_FLAT_KERNELS)
 
 namespace involution_mm {
 namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-// The lanes l of a vector with bit l of `bits` set.
+#if defined(CPU_CAPABILITY_AVX512)
+// The lanes l of a vector with bit l of `bits` set: an AVX-512 mask register.
 template <typename acc_t>
 struct LaneMask {
   static_assert(Vec<acc_t>::size() <= 32, "lane bits are a uint32_t");
@@ -47,6 +53,43 @@ struct LaneMask {
     else _mm512_mask_storeu_pd(p, k, v);
   }
 };
+#else
+// The same with AVX2, which has no mask registers: a vector with all bits set on the lanes,
+// a blend after the FMA (so that a NaN or infinity outside the image stays out) and
+// vmaskmov loads and stores, which do not touch the other lanes' memory.
+template <typename acc_t>
+struct LaneMask {
+  static_assert(Vec<acc_t>::size() <= 32, "lane bits are a uint32_t");
+  Vec<acc_t> m;
+  LaneMask() = default;
+  explicit LaneMask(uint32_t bits) : m(from_bits(bits)) {}
+  Vec<acc_t> fmadd(const Vec<acc_t>& a, const Vec<acc_t>& b, const Vec<acc_t>& acc) const {
+    return Vec<acc_t>::blendv(acc, at::vec::fmadd(a, b, acc), m);
+  }
+  Vec<acc_t> select(const Vec<acc_t>& v) const { return v & m; }
+  Vec<acc_t> load(const acc_t* p) const {
+    if constexpr (sizeof(acc_t) == 4) return _mm256_maskload_ps(p, _mm256_castps_si256(m));
+    else return _mm256_maskload_pd(p, _mm256_castpd_si256(m));
+  }
+  void store(acc_t* p, const Vec<acc_t>& v) const {
+    if constexpr (sizeof(acc_t) == 4) _mm256_maskstore_ps(p, _mm256_castps_si256(m), v);
+    else _mm256_maskstore_pd(p, _mm256_castpd_si256(m), v);
+  }
+
+ private:
+  static Vec<acc_t> from_bits(uint32_t bits) {
+    if constexpr (sizeof(acc_t) == 4) {
+      const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+      const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane_bit);
+      return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
+    } else {
+      const __m256i lane_bit = _mm256_setr_epi64x(1, 2, 4, 8);
+      const __m256i set = _mm256_and_si256(_mm256_set1_epi64x(bits), lane_bit);
+      return _mm256_castsi256_pd(_mm256_cmpeq_epi64(set, lane_bit));
+    }
+  }
+};
+#endif
 
 // Bits of the lanes l < k.
 inline uint32_t low_lanes(int64_t k) { return k >= 32 ? ~0u : (1u << k) - 1u; }
@@ -226,6 +269,7 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
   const TaskGrid grid(sh, H);
   const int64_t rb = grid.block_rows();
   const FlatTaps taps(sh, rb, VS);
+  const uint32_t all_lanes = low_lanes(VS);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     // Copied with guards: the channel loads are unmasked (the taps off the image are dropped
@@ -263,14 +307,22 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
               const uint32_t bits = rows_in & taps.col_bits(q, v);
               if (bits == 0) continue;
               const int64_t t = u * K + v, pos = q + taps.offset[t];
-              const LaneMask<acc_t> lanes(bits);
+              // In place; shifted for grad_input, so only lanes inside the image may be read.
               const acc_t* w_t = kGradInput ? weights.plane(KK - 1 - t) + pos : weights.plane(t) + q;
               if (c0 == 0 && w_ahead != 0) __builtin_prefetch(w_t + w_ahead);
-              const Vec<acc_t> wv = lanes.load(w_t);  // in place; shifted for grad_input
               const acc_t* x_t = chans.plane(c0) + pos;
-              INVOLUTION_UNROLL
-              for (int64_t cc = 0; cc < NC; ++cc)
-                acc[cc] = lanes.fmadd(wv, Vec<acc_t>::loadu(x_t + cc * chans.stride()), acc[cc]);
+              if (bits == all_lanes) {
+                const Vec<acc_t> wv = Vec<acc_t>::loadu(w_t);
+                INVOLUTION_UNROLL
+                for (int64_t cc = 0; cc < NC; ++cc)
+                  acc[cc] = at::vec::fmadd(wv, Vec<acc_t>::loadu(x_t + cc * chans.stride()), acc[cc]);
+              } else {
+                const LaneMask<acc_t> lanes(bits);
+                const Vec<acc_t> wv = lanes.load(w_t);
+                INVOLUTION_UNROLL
+                for (int64_t cc = 0; cc < NC; ++cc)
+                  acc[cc] = lanes.fmadd(wv, Vec<acc_t>::loadu(x_t + cc * chans.stride()), acc[cc]);
+              }
             }
           }
           INVOLUTION_UNROLL
@@ -306,7 +358,9 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
                            const scalar_t* x, const Strides4& xs, scalar_t* gw) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VS = Vec<acc_t>::size();
-  constexpr int64_t RQ = 2;  // pixel vectors: 7 taps x 2 accumulators + 2 grad_out vectors
+  // Pixel vectors of a register block: T x RQ accumulators + RQ grad_out vectors, with T = 7
+  // taps, fit 32 registers with RQ = 2 and 16 with RQ = 1.
+  constexpr int64_t RQ = kVectorRegisters >= 32 ? 2 : 1;
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
   const TaskGrid grid(sh, H);
   const int64_t rb = grid.block_rows();
@@ -360,7 +414,8 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
               const acc_t* go_c = go_q + c * go_stride;
               Vec<acc_t> gv[NQ];
               INVOLUTION_UNROLL
-              for (int64_t r = 0; r < NQ; ++r) gv[r] = lanes[r].load(go_c + r * VS);
+              for (int64_t r = 0; r < NQ; ++r)
+                gv[r] = n[r] == VS ? Vec<acc_t>::loadu(go_c + r * VS) : lanes[r].load(go_c + r * VS);
               INVOLUTION_UNROLL
               for (int64_t k = 0; k < T; ++k)
                 INVOLUTION_UNROLL
@@ -394,4 +449,4 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
 }  // namespace cpu
 }  // namespace involution_mm
 
-#endif  // CPU_CAPABILITY_AVX512
+#endif  // INVOLUTION_CPU_FLAT_KERNELS
