@@ -94,7 +94,7 @@ def test_check_runs_every_cpu_stage_and_skips_the_gpu_ones(torch_only_python, tm
     assert probe.returncode == 0, probe.stdout
     lines = probe.stdout.strip().splitlines()
     assert "'mmengine' is not installed" in lines[-3]
-    assert lines[-2] == str(sorted(['Involution', 'InvolutionFPN', 'RedNet', 'models',
+    assert lines[-2] == str(sorted(['Involution', 'InvolutionFPN', 'RedNet', 'engine', 'models',
                                     'registry']))
     assert lines[-1].startswith('ImportError: involution_mm.RedNet needs mmengine and mmcv')
 
