@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .ops.onnx import ONNX_OPSET, custom_translation_table
 from .utils.runtime import (UnsupportedSetupError, check_scope_available, config_scope,
-                            replace_sync_bn)
+                            drop_pretrained, replace_sync_bn)
 
 PARTS = ('auto', 'full', 'backbone')
 #: the seed of the random weights exported where no checkpoint is given
@@ -84,25 +84,6 @@ def _flatten(out):
     return tuple(flat)
 
 
-def _strip_pretrained(node):
-    """Pretrained init_cfgs and ``pretrained`` strings -> None: export reads the given
-    checkpoint (or keeps random weights), never the config's pretraining file."""
-    if isinstance(node, dict):
-        for key in list(node):
-            value = node[key]
-            pretrained_init = any(isinstance(v, dict) and v.get('type') == 'Pretrained'
-                                  for v in (value if isinstance(value, list) else [value]))
-            if key == 'init_cfg' and pretrained_init:
-                node[key] = None
-            elif key == 'pretrained' and isinstance(value, str):
-                node[key] = None
-            else:
-                _strip_pretrained(value)
-    elif isinstance(node, list):
-        for value in node:
-            _strip_pretrained(value)
-
-
 def load_config(path, cfg_options=None):
     from mmengine.config import Config
     if not osp.isfile(path):
@@ -113,7 +94,8 @@ def load_config(path, cfg_options=None):
     if 'model' not in cfg:
         raise ExportError(f'{path} defines no model')
     replace_sync_bn(cfg._cfg_dict)
-    _strip_pretrained(cfg._cfg_dict['model'])
+    # export reads the given checkpoint (or keeps random weights), never the pretraining file
+    drop_pretrained(cfg._cfg_dict['model'])
     return cfg
 
 

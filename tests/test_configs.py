@@ -15,7 +15,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.utils import import_modules_from_strings
 
 from involution_mm.ops import Involution
-from involution_mm.utils.runtime import (CheckpointError, adapt_cfg_to_machine,
+from involution_mm.utils.runtime import (CheckpointError, adapt_cfg_to_machine, drop_pretrained,
                                          check_checkpoint_files, pretrained_checkpoints,
                                          replace_sync_bn)
 
@@ -228,3 +228,14 @@ def test_get_flops_rednet50_classifier(capsys):
     assert abs(flops - 2.71) / 2.71 < 0.03, out  # published: 2.71 GFLOPs
     inv = float(out.split('of which involution op: ')[1].split(' G')[0])
     assert 0.05 < inv < 0.1, out  # sum of B*C*Ho*Wo*K*K over the 17 involutions
+
+
+def test_drop_pretrained_clears_every_pretraining_file_and_nothing_else():
+    node = dict(backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='a.pth'),
+                              pretrained='b.pth'),
+                neck=[dict(init_cfg=[dict(type='Kaiming'), dict(type='Pretrained')])],
+                head=dict(init_cfg=dict(type='Normal', std=0.01), pretrained=True))
+    drop_pretrained(node)
+    assert node == dict(backbone=dict(init_cfg=None, pretrained=None),
+                        neck=[dict(init_cfg=None)],
+                        head=dict(init_cfg=dict(type='Normal', std=0.01), pretrained=True))

@@ -108,6 +108,23 @@ def replace_sync_bn(cfg_node):
     return count[0]
 
 
+def drop_pretrained(cfg_node):
+    """Sets every Pretrained ``init_cfg`` (alone or in a list) and every ``pretrained`` path in
+    a config to None (in place), for tools that must not read the config's pretraining file."""
+    def is_pretrained(v):
+        return isinstance(v, dict) and v.get('type') == 'Pretrained'
+
+    def fn(d):
+        for key, value in d.items():
+            if key == 'init_cfg' and any(
+                    map(is_pretrained, value if isinstance(value, list) else [value])):
+                d[key] = None
+            elif key == 'pretrained' and isinstance(value, str):
+                d[key] = None
+
+    _walk(cfg_node, fn)
+
+
 def adapt_cfg_to_machine(cfg, launcher='none', amp=False):
     """Makes a published (GPU) config run here, in place. Returns notes of what changed.
 

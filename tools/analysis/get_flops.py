@@ -30,7 +30,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import involution_mm  # noqa: E402,F401
-from involution_mm.utils.runtime import config_scope, replace_sync_bn  # noqa: E402
+from involution_mm.utils.runtime import (config_scope, drop_pretrained,  # noqa: E402
+                                         replace_sync_bn)
 
 DEFAULT_SHAPES = {'mmdet': (800, 1333), 'mmseg': (1024, 2048), 'mmpretrain': (224, 224)}
 INVOLUTION_OP = 'involution_mm::involution'
@@ -62,25 +63,6 @@ def involution_flop_jit(inputs, outputs):
     for d in out:
         n *= d
     return n * k * k
-
-
-def _drop_pretrained(node):
-    """init_cfg of type Pretrained -> None, model.pretrained -> None (nothing is read)."""
-    if isinstance(node, dict):
-        for key in list(node.keys()):
-            value = node[key]
-            if key == 'init_cfg' and (
-                    (isinstance(value, dict) and value.get('type') == 'Pretrained') or
-                    (isinstance(value, list) and any(
-                        isinstance(v, dict) and v.get('type') == 'Pretrained' for v in value))):
-                node[key] = None
-            elif key == 'pretrained' and isinstance(value, str):
-                node[key] = None
-            else:
-                _drop_pretrained(value)
-    elif isinstance(node, list):
-        for value in node:
-            _drop_pretrained(value)
 
 
 class _ClassifierStandIn(nn.Module):
@@ -167,7 +149,7 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     scope = config_scope(cfg)
     replace_sync_bn(cfg._cfg_dict)
-    _drop_pretrained(cfg._cfg_dict['model'])
+    drop_pretrained(cfg._cfg_dict['model'])
     shape = args.shape or DEFAULT_SHAPES.get(scope, (224, 224))
     if len(shape) == 1:
         shape = (shape[0], shape[0])
