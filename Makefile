@@ -1,32 +1,64 @@
-# `make env` builds .venv with the whole pinned stack; a second run does nothing.
+# `make env` builds the venv with the whole pinned stack; a second run does nothing.
 # `make test` / `make demo` call it first, so on a fresh machine they do all the set-up.
+#
+# TORCH=cuda (default, what CI runs): torch 2.14.1, the CUDA 13.0 build, with torchvision. The
+#   extension is built with its CUDA kernels (nvcc; no GPU needed) and mmpretrain's models import.
+# TORCH=cpu: the CPU torch 2.13.0 wheel in .venv-cpu. The op, models, detection and segmentation
+#   work; classification needs torchvision, which has no build for it, and is skipped.
 PY      ?= python3
-VENV    := .venv
+TORCH   ?= cuda
+ifeq ($(TORCH),cpu)
+VENV    ?= .venv-cpu
+TORCH_PINS = $$(sed -n 's/^\#cpu: *//p' requirements.txt)
+else ifeq ($(TORCH),cuda)
+VENV    ?= .venv
+TORCH_PINS = $$(grep -E '^(torch|torchvision)==' requirements.txt)
+else
+$(error TORCH=$(TORCH): use TORCH=cuda (the default) or TORCH=cpu)
+endif
 VPY     := $(VENV)/bin/python
 PIP     := $(VPY) -m pip
+TORCH_STAMP := $(VENV)/.torch-installed
 STAMP   := $(VENV)/.stack-installed
+TORCH_VERSION := $(VENV)/.torch-version
 EXT_SRC := $(wildcard ops/*.cpp ops/*.h ops/*.cu ops/*/*.cpp ops/*/*.h ops/*/*.cu ops/*/*.cuh) setup.py
 EXT     := $(VENV)/.ext-built
+MMCV    := $(VENV)/.mmcv-installed
 JOBS    ?= 2
 
-.PHONY: env test demo compare data bench clean-ext
+.PHONY: env test demo compare data bench clean-ext FORCE
 
 env: $(EXT)
 
 $(VPY):
 	$(PY) -m venv $(VENV)
 
-# torch first from its pinned line, then setuptools, then mmcv (source build with ops,
-# ~32 min on 2 cores; pip caches the wheel so later environments take seconds), then the rest.
-$(STAMP): requirements.txt | $(VPY)
-	$(PIP) install --quiet "$$(grep -E '^torch==' requirements.txt)"
+# Order: torch from its pinned lines and the build tools; mmcv built against that torch; then the
+# rest, with torch and mmcv already satisfied so that nothing replaces them.
+$(TORCH_STAMP): requirements.txt | $(VPY)
+	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet "$$(grep -E '^setuptools' requirements.txt)" wheel "$$(grep -E '^ninja==' requirements.txt)"
-	MMCV_WITH_OPS=1 MAX_JOBS=$(JOBS) $(PIP) install --no-build-isolation "$$(grep -E '^mmcv==' requirements.txt)"
-	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+# The installed torch's version, rewritten only when it changes: mmcv's ops and our extension
+# are rebuilt against a new torch, however it got there.
+$(TORCH_VERSION): $(TORCH_STAMP) FORCE
+	@v="$$($(VPY) -c 'import torch; print(torch.__version__)')"; \
+	  [ "$$(cat $@ 2>/dev/null)" = "$$v" ] || echo "$$v" > $@
+
+# mmcv with its compiled ops, from the pinned sdist (10-30 min once per torch version: the
+# script keeps the wheel per torch version).
+$(MMCV): $(TORCH_VERSION) tools/install_mmcv.sh
+	MAX_JOBS=$(JOBS) tools/install_mmcv.sh $(VPY)
+	touch $@
+
+$(STAMP): $(MMCV) requirements.txt
+	grep -v -E '^(torch|torchvision)==' requirements.txt > $(VENV)/requirements-after-torch.txt
+	$(PIP) install --quiet -r $(VENV)/requirements-after-torch.txt
 	touch $@
 
 # The package itself, with its C++ extension built against the venv's torch.
-$(EXT): $(STAMP) $(EXT_SRC)
+$(EXT): $(STAMP) $(TORCH_VERSION) $(EXT_SRC)
 	MAX_JOBS=$(JOBS) $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -61,8 +61,11 @@ def read_version():
 
 
 def want_cuda():
-    """CUDA kernels need a CUDA build of torch and a toolkit; FORCE_CUDA=1 insists."""
-    force = os.environ.get('FORCE_CUDA', '0') == '1'
+    """CUDA kernels need a CUDA build of torch and a toolkit; FORCE_CUDA=1 insists, FORCE_CUDA=0
+    builds the CPU extension only."""
+    if os.environ.get('FORCE_CUDA') == '0':
+        return False
+    force = os.environ.get('FORCE_CUDA') == '1'
     if not (force or (torch.version.cuda is not None and CUDA_HOME is not None)):
         return False
     if not has_cuda_headers(CUDA_HOME):
@@ -75,6 +78,16 @@ def want_cuda():
     return True
 
 
+def default_cuda_archs():
+    """With no GPU visible torch finds no architecture to build for (and fails): build for
+    every one this torch supports, the last also as PTX for GPUs newer than the toolkit."""
+    if os.environ.get('TORCH_CUDA_ARCH_LIST') or torch.cuda.device_count() > 0:
+        return
+    archs = [a[len('sm_'):] for a in torch.cuda.get_arch_list() if a.startswith('sm_')]
+    os.environ['TORCH_CUDA_ARCH_LIST'] = ';'.join(f'{a[:-1]}.{a[-1]}' for a in archs) + '+PTX'
+    print(f'involution_mm: no GPU visible; TORCH_CUDA_ARCH_LIST={os.environ["TORCH_CUDA_ARCH_LIST"]}')
+
+
 def make_extension():
     sources = sorted(glob.glob('ops/*.cpp')) + sorted(glob.glob('ops/cpu/*.cpp'))
     # -fopenmp: ATen is built with OpenMP, and at::parallel_for (a header template) runs its
@@ -85,6 +98,7 @@ def make_extension():
     cxx_flags = ['-O3', '-fopenmp']
     if want_cuda():
         sources += sorted(glob.glob('ops/cuda/*.cpp')) + sorted(glob.glob('ops/cuda/*.cu'))
+        default_cuda_archs()
         return CUDAExtension(
             'involution_mm._C', sources,
             define_macros=[('WITH_CUDA', None)],
@@ -94,7 +108,7 @@ def make_extension():
             extra_link_args=['-fopenmp'])
     print('involution_mm: building the CPU extension only '
           f'(torch.version.cuda={torch.version.cuda}, CUDA_HOME={CUDA_HOME}; '
-          'set FORCE_CUDA=1 to insist)')
+          'FORCE_CUDA=1 insists)')
     return CppExtension('involution_mm._C', sources, extra_compile_args={'cxx': cxx_flags},
                         extra_link_args=['-fopenmp'])
 

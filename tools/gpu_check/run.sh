@@ -160,6 +160,9 @@ build() {
   if [[ "$HAS_GPU" == 1 ]]; then
     arch="$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')"
     export TORCH_CUDA_ARCH_LIST="$arch" FORCE_CUDA=1
+  else
+    # Without a GPU the kernels could not run here; the project's own build links them.
+    export FORCE_CUDA=0
   fi
   echo "building with $(nproc) jobs${arch:+ for sm_${arch/./}}"
   MAX_JOBS="$(nproc)" "$PYTHON" setup.py build_ext --inplace || return 1
