@@ -43,7 +43,7 @@ def test_mmcv_compiled_ops_run():
     # 2x2 bins over a 4x4 ramp: each bin's value is the mean of its sampling points
     feature = torch.arange(16.).reshape(1, 1, 4, 4)
     rois = torch.tensor([[0., 0., 0., 4., 4.]])
-    pooled = ops.roi_align(feature, rois, (2, 2), spatial_scale=1.0, sampling_ratio=2,
-                           aligned=True)
+    # positional: mmcv's autograd Function takes no keywords
+    pooled = ops.roi_align(feature, rois, (2, 2), 1.0, 2, 'avg', True)
     expected = torch.nn.functional.avg_pool2d(feature, 2)
     torch.testing.assert_close(pooled, expected)
