@@ -111,3 +111,24 @@ def test_train_and_test_tools_learn_above_chance(tmp_path, synthetic_imagenet,
     assert top1 and 'accuracy/top1' in test.stdout, test.stdout[-3000:]
     assert float(top1.group(1)) > 40, test.stdout[-2000:]
     assert (tmp_path / 'preds.pkl').exists()
+
+
+def test_train_stops_at_once_on_a_missing_dataset_folder(tmp_path, tools):
+    missing = tmp_path / 'no_such_data'
+    r = tools.run_tool(['tools/train.py', tools.SEG_DEMO, '--work-dir', str(tmp_path / 'w'),
+                        '--cfg-options', f'train_dataloader.dataset.data_root={missing}'])
+    assert r.returncode == 2, r.stdout[-3000:]
+    assert f"dataset folder not found: train_dataloader.dataset.data_root = '{missing}'" \
+        in r.stdout
+    assert 'make_synthetic_data.py' in r.stdout and 'Traceback' not in r.stdout
+
+
+def test_classifier_with_another_class_count_than_its_data_stops_at_once(
+        tmp_path, synthetic_imagenet, mmpretrain_models, tools):
+    r = tools.run_tool(['tools/train.py', tools.CLS_DEMO, '--work-dir', str(tmp_path),
+                        '--cfg-options', 'model.head.num_classes=3']
+                       + tools.cls_data_options(synthetic_imagenet))
+    assert r.returncode == 2, r.stdout[-3000:]
+    assert 'model.head.num_classes = 3, but train_dataloader.dataset.metainfo names 4 ' \
+        'classes (cross, disc, square, triangle)' in r.stdout
+    assert 'Traceback' not in r.stdout
