@@ -264,8 +264,8 @@ def seg_picture(pred_dir, data_root, out_file, title, num=4):
 
 
 def cls_picture(pred_file, out_file, classes, title, num=16, cols=8):
-    """The first ``num`` val images, each titled 'truth -> prediction (score)', wrong ones
-    in red."""
+    """``num`` val images spread over the classes, each titled 'truth -> prediction
+    (score)', wrong ones in red."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -273,9 +273,10 @@ def cls_picture(pred_file, out_file, classes, title, num=16, cols=8):
     import numpy as np
     import pickle
     with open(pred_file, 'rb') as f:
-        results = sorted(pickle.load(f), key=lambda r: r['img_path'])[:num]
+        results = sorted(pickle.load(f), key=lambda r: r['img_path'])  # by class folder
+    results = results[::max(1, len(results) // num)][:num]
     rows = -(-len(results) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.5 * rows + 0.4), dpi=100)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.8 * rows + 0.4), dpi=100)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis('off')
     for ax, res in zip(np.atleast_1d(axes).ravel(), results):

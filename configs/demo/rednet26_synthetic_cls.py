@@ -57,6 +57,7 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
                     max_keep_ckpts=2))
+log_processor = dict(by_epoch=False)
 
 # the same numbers on every run (data order, initial weights)
 randomness = dict(seed=0)

@@ -251,36 +251,32 @@ def prepare_run(cfg, launcher='none', training=True, amp=False):
 
 
 def check_datasets(cfg, training=True):
-    """Raises :class:`DatasetError` if a ``data_root`` of a dataloader the run uses (train
-    and val when ``training``, else test) is no folder, or if an mmpretrain classifier's
-    ``head.num_classes`` differs from the number of classes its dataset's metainfo names."""
-    loaders = ('train_dataloader', 'val_dataloader') if training else ('test_dataloader', )
+    """Raises :class:`DatasetError` if the ``data_root`` of a dataloader the run uses (train,
+    and val where the config validates, when ``training``; else test) is no folder, or if
+    an mmpretrain classifier's ``head.num_classes`` differs from the number of classes its
+    dataset's metainfo names."""
+    # mmengine validates only with all three of val_dataloader, val_cfg and val_evaluator
+    validates = all(cfg.get(k, None) is not None for k in ('val_cfg', 'val_evaluator'))
+    loaders = ['test_dataloader']
+    if training:
+        loaders = ['train_dataloader'] + (['val_dataloader'] if validates else [])
     head = cfg.get('model', {}).get('head', None)
     num_classes = head.get('num_classes', None) if isinstance(head, dict) else None
     for loader_key in loaders:
-        loader = cfg.get(loader_key, None)
-        if not loader:
-            continue
-        datasets = []  # the dataset dicts, also inside wrappers (RepeatDataset, ...)
-
-        def collect(d):
-            if 'data_root' in d or 'metainfo' in d:
-                datasets.append(d)
-        _walk(loader.get('dataset', {}), collect)
-        for dataset in datasets:
-            root = dataset.get('data_root', None)
-            if root and not _is_url(root) and not osp.isdir(osp.expanduser(str(root))):
-                key = f'{loader_key}.dataset.data_root'
-                raise DatasetError(
-                    f'dataset folder not found: {key} = {root!r} (looked for '
-                    f'{osp.abspath(osp.expanduser(str(root)))}). ' + DATA_HINT.format(key=key))
-            classes = (dataset.get('metainfo', None) or {}).get('classes', None)
-            if config_scope(cfg) == 'mmpretrain' and classes and num_classes is not None \
-                    and len(classes) != num_classes:
-                raise DatasetError(
-                    f'model.head.num_classes = {num_classes}, but {loader_key}.dataset.'
-                    f'metainfo names {len(classes)} classes ({", ".join(classes)}): set both '
-                    'to the same number')
+        dataset = (cfg.get(loader_key, None) or {}).get('dataset', None) or {}
+        root = dataset.get('data_root', None)
+        if root and not _is_url(root) and not osp.isdir(osp.expanduser(str(root))):
+            key = f'{loader_key}.dataset.data_root'
+            raise DatasetError(
+                f'dataset folder not found: {key} = {root!r} (looked for '
+                f'{osp.abspath(osp.expanduser(str(root)))}). ' + DATA_HINT.format(key=key))
+        classes = (dataset.get('metainfo', None) or {}).get('classes', None)
+        if config_scope(cfg) == 'mmpretrain' and classes and num_classes is not None \
+                and len(classes) != num_classes:
+            raise DatasetError(
+                f'model.head.num_classes = {num_classes}, but {loader_key}.dataset.metainfo '
+                f'names {len(classes)} classes ({", ".join(classes)}): set both to the same '
+                'number')
 
 
 def add_rng_state_hook(cfg):
