@@ -434,10 +434,11 @@ class RedNet(BaseModule):
         their input and output and the max-pool is vectorised over channels, each conv with
         its norm and ReLU as one oneDNN op (:func:`_onednn_conv_relu`); the result in the
         input's memory format (NCHW: the layout of the stages' GEMMs)."""
-        if not (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
+        # compiling first: dynamo does not trace torch.backends.mkldnn.is_available
+        if not (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
                 and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()
-                and not torch.compiler.is_exporting() and type(self.maxpool) is nn.MaxPool2d
+                and not torch.is_autocast_enabled('cpu') and type(self.maxpool) is nn.MaxPool2d
                 and _without_hooks(self.stem) and _without_hooks(self.maxpool)):
             return None
         first, involution, norm, relu, last = self.stem
