@@ -50,7 +50,10 @@ class Bottleneck(nn.Module):
     bn3.*, downsample.{0,1}.* (official names). ``norm_cfg`` builds bn1-3, the downsample
     norm and the norm inside the involution's kernel branch. With ``recompute_activations``
     bn1 -> ReLU -> involution -> bn2 -> ReLU -> conv3 runs as one recomputing chain
-    (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output.
+    (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output. In
+    inference each 1x1 conv runs with its norm, ReLU and (conv3) the residual add as one op
+    (:func:`~involution_mm.ops.pointwise.conv_norm_act`). ``downsample`` is an nn.Sequential
+    of optional pooling layers, a conv and a norm, as :class:`ResLayer` builds it.
     """
     expansion = 4
 
