@@ -20,6 +20,7 @@ if os.environ.get('ATEN_CPU_CAPABILITY') and 'TORCHINDUCTOR_CACHE_DIR' not in os
         f"{default_cache_dir()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 DET_DEMO = 'configs/demo/mask_rcnn_rednet50_fpn_synthetic.py'
 SEG_DEMO = 'configs/demo/fpn_rednet50_synthetic.py'
+CLS_DEMO = 'configs/demo/rednet26_synthetic_cls.py'
 
 
 @pytest.fixture(scope='session')
@@ -33,6 +34,27 @@ def synthetic_data(tmp_path_factory):
     make_synthetic_coco(coco, num_train=8, num_val=4, size=128, seed=1)
     make_synthetic_cityscapes(city, num_train=6, num_val=3, seed=1)
     return dict(coco=coco + '/', cityscapes=city + '/')
+
+
+@pytest.fixture(scope='session')
+def synthetic_imagenet(tmp_path_factory):
+    """A small synthetic ImageNet-format dataset (4 classes, 512 train and 128 val images
+    of 32x32, the demo's image size), made once per session; returns its root."""
+    from involution_mm.datasets import make_synthetic_imagenet
+    root = str(tmp_path_factory.mktemp('synthetic_imagenet'))
+    make_synthetic_imagenet(root, num_train=512, num_val=128, seed=1)
+    return root + '/'
+
+
+@pytest.fixture(scope='session')
+def mmpretrain_models():
+    """Skips the test where ``mmpretrain.models`` does not import (it imports torchvision,
+    which has no build for the CPU torch of the development machine)."""
+    try:
+        import mmpretrain.models  # noqa: F401
+    except Exception as err:
+        pytest.skip(f'mmpretrain.models does not import here ({type(err).__name__}: {err}); '
+                    'it needs torchvision')
 
 
 def det_data_options(data):
@@ -53,6 +75,15 @@ def seg_data_options(data):
             f'test_dataloader.dataset.data_root={root}',
             'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
             'test_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+            'test_dataloader.persistent_workers=False']
+
+
+def cls_data_options(root):
+    """--cfg-options that point the classification demo config at ``root``."""
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'test_dataloader.dataset.data_root={root}',
+            'train_dataloader.num_workers=0', 'test_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False',
             'test_dataloader.persistent_workers=False']
 
 
@@ -89,6 +120,7 @@ def tools():
     """Helpers for the tool tests (a fixture, so that no test imports another test file)."""
     from types import SimpleNamespace
     return SimpleNamespace(
-        ROOT=ROOT, DET_DEMO=DET_DEMO, SEG_DEMO=SEG_DEMO, det_data_options=det_data_options,
-        seg_data_options=seg_data_options, schedule_options=schedule_options,
+        ROOT=ROOT, DET_DEMO=DET_DEMO, SEG_DEMO=SEG_DEMO, CLS_DEMO=CLS_DEMO,
+        det_data_options=det_data_options, seg_data_options=seg_data_options,
+        cls_data_options=cls_data_options, schedule_options=schedule_options,
         run_tool=run_tool, tool_env=tool_env, free_port=free_port)

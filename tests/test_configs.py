@@ -26,6 +26,9 @@ DET = [c for c in CONFIGS if osp.basename(c).startswith(('mask_rcnn', 'faster_rc
                                                             'retinanet'))]
 SEG = [c for c in CONFIGS if osp.basename(c).startswith(('fpn_', 'upernet_'))]
 CLS = [c for c in CONFIGS if osp.basename(c).startswith('rednet')]
+#: the ImageNet configs -> their published size (M parameters: d-li14/involution README)
+PUBLISHED_PARAMS_M = {f'configs/rednet{d}_64xb32_in1k.py': m for d, m in (
+    (26, 9.23), (38, 12.39), (50, 15.54), (101, 25.65), (152, 33.99))}
 
 
 def load(path):
@@ -40,7 +43,8 @@ def test_the_configs_the_issue_names_exist():
                'fpn_rednet50_cityscapes.py', 'fpn_rednet50_neck_cityscapes.py',
                'upernet_rednet50_cityscapes.py'}
     wanted |= {f'rednet{d}_64xb32_in1k.py' for d in (26, 38, 50, 101, 152)}
-    wanted |= {'mask_rcnn_rednet50_fpn_synthetic.py', 'fpn_rednet50_synthetic.py'}
+    wanted |= {'mask_rcnn_rednet50_fpn_synthetic.py', 'fpn_rednet50_synthetic.py',
+               'rednet26_synthetic_cls.py'}
     assert wanted <= names, sorted(wanted - names)
 
 
@@ -157,7 +161,8 @@ def test_official_schedules():
         assert cfg.train_cfg.max_iters == 80000
         assert cfg.model.backbone.norm_cfg.type == 'SyncBN'
         assert cfg.train_pipeline[3]['crop_size'] == (512, 1024)
-    for path in CLS:
+    assert set(PUBLISHED_PARAMS_M) <= set(CLS)
+    for path in PUBLISHED_PARAMS_M:
         cfg = load(path)
         opt = cfg.optim_wrapper.optimizer
         assert (opt.type, opt.lr, opt.nesterov, opt.weight_decay) == ('SGD', 0.8, True, 1e-4)
@@ -181,6 +186,10 @@ def test_classification_config_builds_where_mmpretrain_models_imports(path):
                     'it needs torchvision, which has no build for this CPU torch')
     model = build(_prepare(cfg))
     assert type(model.backbone).__name__ == 'RedNet'
+    if path in PUBLISHED_PARAMS_M:  # the whole classifier: backbone and 1000-class fc
+        assert model.head.fc.out_features == 1000
+        params_m = sum(p.numel() for p in model.parameters()) / 1e6
+        assert abs(params_m - PUBLISHED_PARAMS_M[path]) <= 0.01, (path, params_m)
 
 
 def test_cpu_adaptation_replaces_syncbn_and_nccl():

@@ -142,6 +142,33 @@ def test_convert_classification_cli_round_trip(cls_checkpoint, tmp_path, run_too
                if n_.endswith('bn3'))  # zero_init_residual does not overwrite pretrained
 
 
+@pytest.mark.parametrize('where', ['backbone', 'classifier'])
+def test_official_classification_checkpoint_initialises_the_in1k_classifier(
+        cls_checkpoint, where, mmpretrain_models):
+    """The official file (``backbone.*``, ``head.fc.*``) as the init_cfg of the RedNet-26
+    ImageNet config's backbone (prefix ``backbone.``) or of the whole ImageClassifier: the
+    tools' pre-check accepts it, and the weights are the file's after init_weights."""
+    from mmengine.config import Config
+    from involution_mm.utils.checkpoint import build_model_from_config
+    from involution_mm.utils.runtime import check_checkpoint_files
+    src, backbone = cls_checkpoint
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'rednet26_64xb32_in1k.py'))
+    if where == 'backbone':
+        cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=str(src),
+                                           prefix='backbone.')
+    else:
+        cfg.model.init_cfg = dict(type='Pretrained', checkpoint=str(src))
+    check_checkpoint_files(cfg)
+    model = build_model_from_config(cfg, device='cpu')
+    model.init_weights()
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[k], v), k
+    official = torch.load(src)['state_dict']
+    fc_loaded = all(torch.equal(model.head.fc.state_dict()[k], official[f'head.fc.{k}'])
+                    for k in ('weight', 'bias'))
+    assert fc_loaded == (where == 'classifier')
+
+
 def test_infer_depth_and_stem_kernel_for_every_depth():
     for depth in (26, 38, 50, 101, 152):
         for k in (3, 7):

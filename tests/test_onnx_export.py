@@ -205,6 +205,24 @@ def test_tool_classifier_without_torchvision_says_to_export_the_backbone(tmp_pat
             str(tmp_path / 'x.onnx'), '--shape', '64', '64'], capsys, '--part backbone')
 
 
+def test_tool_exports_the_whole_classifier_where_mmpretrain_imports(tmp_path, capsys,
+                                                                    mmpretrain_models):
+    """The counterpart of the test above: RedNet-26's ImageClassifier to its 1000 logits,
+    with --check against PyTorch."""
+    path = str(tmp_path / 'rednet26_cls.onnx')
+    status = _tool().main([osp.join(ROOT, 'configs', 'rednet26_64xb32_in1k.py'), '--out', path,
+                           '--shape', '64', '64', '--batch', '2', '--check'])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert 'ImageClassifier: whole network' in out and 'onnxruntime: max abs diff' in out, out
+    model = onnx.load(path)
+    assert [o.name for o in model.graph.output] == ['logits']
+    session = deploy.ort_session(path)
+    logits = session.run(None, {session.get_inputs()[0].name:
+                                np.zeros((2, 3, 64, 64), np.float32)})[0]
+    assert logits.shape == (2, 1000)
+
+
 def test_backbone_part_loads_the_backbone_of_a_whole_model_checkpoint(tmp_path):
     cfg = deploy.load_config(osp.join(ROOT, 'configs', 'rednet26_64xb32_in1k.py'))
     source, _, _ = deploy.build_exportable(cfg, part='backbone')

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 from involution_mm.ops.pointwise import (_folds_batch, conv1x1, conv1x1_backward,
-                                         conv_module_forward, pointwise_conv)
+                                         conv_module_forward, conv_norm_act, pointwise_conv)
 
 # (B, C, H, W, O): per-image GEMMs, and the batch folded into one GEMM (many channels, few
 # pixels, as at RedNet's last stage)
@@ -155,3 +155,117 @@ def test_pointwise_conv_under_autocast_gives_float32_gradients():
     for g, e in zip(grads, expected_grads):
         assert g.dtype == e.dtype == torch.float32
         torch.testing.assert_close(g, e, atol=0.05, rtol=0.02)
+
+
+# (B, C, H, W, O): one tile per image; many tiles per image with a partial last one (few
+# output channels give wide tiles, so 150x150 pixels need several)
+EPILOGUE_SHAPES = {'one_tile': (2, 12, 5, 7, 20), 'tiles': (2, 3, 150, 150, 4)}
+
+
+@pytest.mark.parametrize('shape', EPILOGUE_SHAPES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('scale', [False, True])
+@pytest.mark.parametrize('shift', [False, True])
+@pytest.mark.parametrize('residual', [False, True])
+@pytest.mark.parametrize('relu', [False, True])
+def test_conv1x1_epilogue_is_its_layers(shape, dtype, scale, shift, residual, relu):
+    torch.manual_seed(0)
+    batch, c, h, width, o = EPILOGUE_SHAPES[shape]
+    x = torch.randn(batch, c, h, width, dtype=dtype)
+    w = torch.randn(o, c, 1, 1, dtype=dtype)
+    s = torch.rand(o, dtype=dtype) + 0.5 if scale else None
+    t = torch.randn(o, dtype=dtype) if shift else None
+    r = torch.randn(batch, o, h, width, dtype=dtype) if residual else None
+    expected = F.conv2d(x, w)
+    if s is not None:
+        expected = expected * s.view(-1, 1, 1)
+    if t is not None:
+        expected = expected + t.view(-1, 1, 1)
+    if r is not None:
+        expected = expected + r
+    if relu:
+        expected = expected.relu()
+    out = torch.ops.involution_mm.conv1x1_epilogue(x, w, s, t, r, relu)
+    torch.testing.assert_close(out, expected)
+
+
+def test_conv1x1_epilogue_takes_strided_input_and_keeps_nan():
+    x = torch.randn(1, 6, 5, 10)[..., ::2]
+    x[0, :, 1, 1] = float('nan')
+    w = torch.randn(3, 6, 1, 1)
+    out = torch.ops.involution_mm.conv1x1_epilogue(x, w, None, None, None, True)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, F.conv2d(x, w).relu(), equal_nan=True)
+    assert out[0, :, 1, 1].isnan().all()
+
+
+@pytest.mark.parametrize('args, match', [
+    ((torch.randn(2, 6, 4), torch.randn(3, 6, 1, 1)), r'input must be \(B, C, H, W\)'),
+    ((torch.randn(1, 6, 4, 4, dtype=torch.float16), torch.randn(3, 6, 1, 1)),
+     'input must be float32 or float64'),
+    ((torch.randn(1, 0, 4, 4), torch.randn(3, 0, 1, 1)), 'at least one channel'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 5, 1, 1)), r'weight must be \(O, 6, 1, 1\)'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 6, 3, 3)), r'weight must be \(O, 6, 1, 1\)'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 6, 1, 1, dtype=torch.float64)),
+     'weight must be Float'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 6, 1, 1), torch.randn(4)),
+     r'scale must have shape \(3,\)'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 6, 1, 1), None, torch.randn(3).double()),
+     'shift must be Float'),
+    ((torch.randn(1, 6, 4, 4), torch.randn(3, 6, 1, 1), None, None, torch.randn(1, 3, 4, 5)),
+     r'residual must have the output\'s shape \[1, 3, 4, 4\]'),
+], ids=['3d', 'half', 'no_channels', 'channels', 'kernel_3x3', 'weight_dtype', 'scale_shape',
+        'shift_dtype', 'residual_shape'])
+def test_conv1x1_epilogue_errors(args, match):
+    args = args + (None,) * (5 - len(args))
+    with pytest.raises(ValueError, match=match):
+        torch.ops.involution_mm.conv1x1_epilogue(*args, True)
+
+
+def _conv_norm_relu(norm_training=False):
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.2, 0.2)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.train(norm_training)
+    return conv, bn, nn.ReLU(inplace=True)
+
+
+def _calls_epilogue(fn):
+    with torch.profiler.profile() as prof:
+        fn()
+    return any(e.name == 'involution_mm::conv1x1_epilogue' for e in prof.events())
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('norm', ['bn', 'identity', 'none'])
+def test_conv_norm_act_in_inference_is_its_layers_in_one_op(stride, norm):
+    conv, bn, relu = _conv_norm_relu()
+    conv.stride = (stride, stride)
+    norm = {'bn': bn, 'identity': nn.Identity(), 'none': None}[norm]
+    x = torch.randn(2, 8, 9, 7)
+    identity = torch.randn(2, 6, 9 // stride + 9 % stride, 7 // stride + 7 % stride)
+    layers = conv(x) if norm is None else norm(conv(x))
+    expected = (layers + identity).relu()
+    with torch.no_grad():
+        torch.testing.assert_close(conv_norm_act(x, conv, norm, relu, identity), expected)
+        assert _calls_epilogue(lambda: conv_norm_act(x, conv, norm, relu, identity))
+
+
+def test_conv_norm_act_runs_the_layers_where_the_op_does_not_apply():
+    x = torch.randn(2, 8, 5, 5)
+    conv, bn, relu = _conv_norm_relu()
+    expected = relu(bn(conv(x)))
+    out = conv_norm_act(x, conv, bn, relu)  # gradients wanted
+    assert out.requires_grad
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        training_bn = _conv_norm_relu(norm_training=True)[1]
+        for args in ((x.contiguous(memory_format=torch.channels_last), conv, bn, relu),
+                     (x, conv, training_bn, relu), (x, conv, bn, nn.GELU())):
+            assert not _calls_epilogue(lambda: conv_norm_act(*args))
+            torch.testing.assert_close(conv_norm_act(*args), args[3](args[2](args[1](args[0]))))
+        bn.register_forward_hook(lambda *_: None)
+        assert not _calls_epilogue(lambda: conv_norm_act(x, conv, bn, relu))

@@ -236,15 +236,20 @@ def test_caffe_style_and_avg_down():
     assert [o.shape[-1] for o in outs] == [16, 8, 4, 2]
 
 
-def test_fuse_conv_bn_deploy_form_gives_the_same_outputs():
-    """mmcv's fuse_conv_bn folds every BN that follows a conv (conv1/bn1, conv3/bn3, the
-    downsample, the stem convs, the kernel branch's conv1) and leaves the BNs after an
-    involution (bn2, stem.2) alone: the deploy form computes the same function."""
+@pytest.mark.parametrize('kwargs', [dict(), dict(stem_kernel_size=7, avg_down=True)],
+                         ids=['default', 'stem7_avg_down'])
+def test_inference_and_deploy_forms_give_the_training_forms_outputs(kwargs):
+    """In inference (eval mode, no grad) each 1x1 conv runs with its norm, residual add and
+    ReLU as one op, and the stem in channels_last with each 3x3 conv, its norm and ReLU as one
+    oneDNN op. mmcv's fuse_conv_bn folds every BN that follows a conv (conv1/bn1, conv3/bn3,
+    the downsample, the stem convs, the kernel branch's conv1) and leaves the BNs after an
+    involution (bn2, stem.2) alone. Both compute what the layers one by one compute (eval
+    mode with gradients wanted: the training code path)."""
     import copy
 
     from mmcv.cnn import fuse_conv_bn
     torch.manual_seed(0)
-    model = RedNet(26, out_indices=(0, 1, 2, 3))
+    model = RedNet(26, out_indices=(0, 1, 2, 3), **kwargs)
     model.init_weights()
     for m in model.modules():  # non-trivial affine parameters, statistics of real batches
         if isinstance(m, _BatchNorm):
@@ -256,9 +261,19 @@ def test_fuse_conv_bn_deploy_form_gives_the_same_outputs():
         for _ in range(2):
             model(x + 0.1 * torch.randn_like(x))
     model.eval()
+    reference = [out.detach() for out in model(x)]
     fused = fuse_conv_bn(copy.deepcopy(model))
     bns = [n for n, m in fused.named_modules() if isinstance(m, _BatchNorm)]
     assert bns and all(n == 'stem.2' or n.endswith('.bn2') for n in bns)
     with torch.no_grad():
-        for a, b in zip(model(x), fused(x)):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+        for form in (model, fused):
+            for a, b in zip(reference, form(x)):
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+        for form in (model, fused):
+            with torch.profiler.profile() as prof:
+                form(x)
+            names = {e.name for e in prof.events()}
+            assert {'involution_mm::conv1x1_epilogue', 'mkldnn::_convolution_pointwise'} <= names
+            assert not names & {'aten::bmm', 'aten::mm'}
+            if form is fused:  # no residual or bias adds left
+                assert not names & {'aten::add', 'aten::add_'}

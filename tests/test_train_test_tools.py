@@ -183,7 +183,8 @@ def test_classification_config_reports_why_it_cannot_run_here(tmp_path, tools):
 
 
 def test_make_synthetic_data_is_deterministic(tmp_path):
-    from involution_mm.datasets import make_synthetic_cityscapes, make_synthetic_coco
+    from involution_mm.datasets import (make_synthetic_cityscapes, make_synthetic_coco,
+                                        make_synthetic_imagenet)
     import hashlib
     import json
 
@@ -198,8 +199,10 @@ def test_make_synthetic_data_is_deterministic(tmp_path):
     for i in (1, 2):
         make_synthetic_coco(str(tmp_path / f'c{i}'), num_train=3, num_val=2, seed=5)
         make_synthetic_cityscapes(str(tmp_path / f's{i}'), num_train=2, num_val=1, seed=5)
+        make_synthetic_imagenet(str(tmp_path / f'i{i}'), num_train=8, num_val=4, seed=5)
     assert digest(tmp_path / 'c1') == digest(tmp_path / 'c2')
     assert digest(tmp_path / 's1') == digest(tmp_path / 's2')
+    assert digest(tmp_path / 'i1') == digest(tmp_path / 'i2')
     ann = json.loads((tmp_path / 'c1' / 'annotations' / 'instances_train2017.json').read_text())
     assert len(ann['categories']) == 80
     used = {a['category_id'] for a in ann['annotations']}

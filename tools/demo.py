@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """The main job on embedded data: train and evaluate RedNet-50 models from scratch on CPU.
 
-1. makes the synthetic COCO- and Cityscapes-format datasets (data/, seconds);
+1. makes the synthetic COCO-, Cityscapes- and ImageNet-format datasets (data/, seconds);
 2. trains Mask R-CNN RedNet-50 (configs/demo/mask_rcnn_rednet50_fpn_synthetic.py) with
    tools/train.py, evaluates it with tools/test.py (prints bbox and segm AP), and writes a
    picture of predictions and the loss curve;
-3. the same for Semantic FPN RedNet-50 (configs/demo/fpn_rednet50_synthetic.py, mIoU).
+3. the same for Semantic FPN RedNet-50 (configs/demo/fpn_rednet50_synthetic.py, mIoU);
+4. the same for the RedNet-26 classifier (configs/demo/rednet26_synthetic_cls.py, top-1)
+   on the synthetic ImageNet-format data, where mmpretrain.models imports (it needs
+   torchvision); elsewhere this step is skipped and says why.
 
 With --compare it also trains the stock ResNet-50 models (configs/demo/*_r50_*) on the same
 data, schedule and seed and writes the RedNet-vs-ResNet table and plot (tools/demo_compare.py).
@@ -14,14 +17,15 @@ Outputs, under --work-dir (default work_dirs/demo):
   mask_rcnn/  fpn/                     the work dirs (logs, checkpoints, test outputs)
   mask_rcnn_predictions.png  mask_rcnn_loss.png   (image | ground truth | prediction)
   fpn_predictions.png        fpn_loss.png
+  rednet26_cls_predictions.png rednet26_cls_loss.png   (val images: truth -> prediction)
   mask_rcnn_r50*, fpn_r50*, compare.{md,json,png}  with --compare
   summary.json                         metrics, wall times, peak memory, the machine
 It exits with status 1 if a model learned less than --min-bbox-ap / --min-segm-ap /
---min-miou (the check that training works).
+--min-miou / --min-top1 (the check that training works).
 
 Examples:
   python tools/demo.py                 # everything (`make demo`)
-  python tools/demo.py --only det      # Mask R-CNN only
+  python tools/demo.py --only det      # Mask R-CNN only (--only cls: the classifier)
   python tools/demo.py --det-iters 50  # shorter (the thresholds may then fail)
   python tools/demo.py --compare       # RedNet-50 against ResNet-50 (`make compare`)
 """
@@ -38,6 +42,7 @@ sys.path.insert(0, ROOT)
 
 DET_CONFIG = 'configs/demo/mask_rcnn_rednet50_fpn_synthetic.py'
 SEG_CONFIG = 'configs/demo/fpn_rednet50_synthetic.py'
+CLS_CONFIG = 'configs/demo/rednet26_synthetic_cls.py'
 DET_R50_CONFIG = 'configs/demo/mask_rcnn_r50_fpn_synthetic.py'
 SEG_R50_CONFIG = 'configs/demo/fpn_r50_synthetic.py'
 
@@ -55,15 +60,18 @@ def parse_args(argv=None):
                                 'embedded synthetic data (CPU)')
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--data-dir', default='data')
-    p.add_argument('--only', choices=['det', 'seg'], default=None)
+    p.add_argument('--only', choices=['det', 'seg', 'cls'], default=None)
     p.add_argument('--det-iters', type=int, default=None,
                    help='override max_iters of the Mask R-CNN demo config')
     p.add_argument('--seg-iters', type=int, default=None,
                    help='override max_iters of the Semantic FPN demo config')
+    p.add_argument('--cls-iters', type=int, default=None,
+                   help='override max_iters of the RedNet-26 classification demo config')
     # about half of what the default schedules reach (bbox 0.52, segm 0.65, mIoU 80.3)
     p.add_argument('--min-bbox-ap', type=float, default=0.25)
     p.add_argument('--min-segm-ap', type=float, default=0.3)
     p.add_argument('--min-miou', type=float, default=60.0)
+    p.add_argument('--min-top1', type=float, default=50.0, help='percent; chance is 25')
     p.add_argument('--no-check', action='store_true', help='do not fail on low metrics')
     p.add_argument('--compare', action='store_true',
                    help='also train the stock ResNet-50 models on the same data, schedule '
@@ -137,7 +145,7 @@ def train_and_test(name, config, work_root, iters, scope):
                           f'param_scheduler.1.begin={warmup}']
     t_train, train_rss = run(train_cmd, osp.join(work_dir, 'train.log'))
     ckpt = last_checkpoint(work_dir)
-    out = osp.join(work_dir, 'predictions.pkl' if scope == 'mmdet' else 'pred_png')
+    out = osp.join(work_dir, 'pred_png' if scope == 'mmseg' else 'predictions.pkl')
     metrics_json = osp.join(work_dir, 'metrics.json')
     test_cmd = [sys.executable, 'tools/test.py', config, ckpt,
                 '--work-dir', osp.join(work_dir, 'test'), '--out', out,
@@ -255,6 +263,34 @@ def seg_picture(pred_dir, data_root, out_file, title, num=4):
     plt.close(fig)
 
 
+def cls_picture(pred_file, out_file, classes, title, num=16, cols=8):
+    """``num`` val images spread over the classes, each titled 'truth -> prediction
+    (score)', wrong ones in red."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import mmcv
+    import numpy as np
+    import pickle
+    with open(pred_file, 'rb') as f:
+        results = sorted(pickle.load(f), key=lambda r: r['img_path'])  # by class folder
+    results = results[::max(1, len(results) // num)][:num]
+    rows = -(-len(results) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.8 * rows + 0.4), dpi=100)
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis('off')
+    for ax, res in zip(np.atleast_1d(axes).ravel(), results):
+        truth, pred = int(res['gt_label'][0]), int(res['pred_label'][0])
+        ax.imshow(mmcv.imread(res['img_path'], channel_order='rgb'), interpolation='nearest')
+        ax.set_title(f"{classes[truth]} -> {classes[pred]}\n"
+                     f"({float(res['pred_score'][pred]):.2f})", fontsize=7,
+                     color='black' if truth == pred else 'red')
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_file)
+    plt.close(fig)
+
+
 def plot_curve(find_scalars, plot_losses, work_dir, out_file, title):
     scalars = find_scalars(work_dir)
     if scalars is None:
@@ -270,7 +306,11 @@ MODELS = {
     'mask_rcnn_r50': ('det', DET_R50_CONFIG, 'Mask R-CNN ResNet-50', 'mask_rcnn_r50'),
     'fpn_rednet50': ('seg', SEG_CONFIG, 'Semantic FPN RedNet-50', 'fpn'),
     'fpn_r50': ('seg', SEG_R50_CONFIG, 'Semantic FPN ResNet-50', 'fpn_r50'),
+    'rednet26_cls': ('cls', CLS_CONFIG, 'RedNet-26 classifier', 'rednet26_cls'),
 }
+#: task -> (the scope of its configs, the dataset it trains on)
+TASKS = {'det': ('mmdet', 'synthetic COCO'), 'seg': ('mmseg', 'synthetic Cityscapes'),
+         'cls': ('mmpretrain', 'synthetic ImageNet')}
 #: the input size of each task's training (det: the images; seg: the crops), for FLOPs
 TRAIN_SHAPES = {'det': (128, 128), 'seg': (128, 256)}
 
@@ -298,32 +338,36 @@ def machine():
 
 def train_model(name, args, find_scalars, plot_losses):
     task, config, label, prefix = MODELS[name]
-    iters = args.det_iters if task == 'det' else args.seg_iters
-    print(f'== {label} on synthetic {"COCO" if task == "det" else "Cityscapes"} ==', flush=True)
-    res = train_and_test(prefix, config, args.work_dir, iters,
-                         'mmdet' if task == 'det' else 'mmseg')
+    iters = getattr(args, f'{task}_iters')
+    scope, data = TASKS[task]
+    print(f'== {label} on {data} ==', flush=True)
+    res = train_and_test(prefix, config, args.work_dir, iters, scope)
     it = res['iteration']
     pic = osp.join(args.work_dir, f'{prefix}_predictions.png')
+    pic_title = f'{label}, from scratch, iteration {it}: {data} val'
     if task == 'det':
         from involution_mm.datasets import COCO_SYNTH_CLASSES
         det_picture(res['predictions'], osp.join(args.data_dir, 'synthetic_coco', 'annotations',
                                                  'instances_val2017.json'), pic,
-                    COCO_SYNTH_CLASSES,
-                    f'{label}, from scratch, iteration {it}: synthetic COCO val')
-        data = 'synthetic COCO train'
-    else:
+                    COCO_SYNTH_CLASSES, pic_title)
+    elif task == 'seg':
         seg_picture(res['predictions'], osp.join(args.data_dir, 'synthetic_cityscapes'), pic,
-                    f'{label}, from scratch, iteration {it}: synthetic Cityscapes val')
-        data = 'synthetic Cityscapes train'
+                    pic_title)
+    else:
+        from involution_mm.datasets import IMAGENET_SYNTH_CLASSES
+        cls_picture(res['predictions'], pic, IMAGENET_SYNTH_CLASSES, pic_title)
     curve = plot_curve(find_scalars, plot_losses, res['work_dir'],
                        osp.join(args.work_dir, f'{prefix}_loss.png'),
-                       f'{label}, {data}, iterations 1-{it}')
+                       f'{label}, {data} train, iterations 1-{it}')
     res.update(predictions_png=pic, loss_png=curve, config=config, label=label)
     return res
 
 
 def check_metrics(name, res, args):
     m = res['metrics']
+    if MODELS[name][0] == 'cls':
+        top1 = m.get('accuracy/top1', 0)
+        return [f'{name}: top-1 {top1} < {args.min_top1}'] if top1 < args.min_top1 else []
     if MODELS[name][0] == 'det':
         return [f"{name}: {key} {m.get('coco/' + key)} < {low}"
                 for key, low in (('bbox_mAP', args.min_bbox_ap), ('segm_mAP', args.min_segm_ap))
@@ -334,7 +378,7 @@ def check_metrics(name, res, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    for name in ('det_iters', 'seg_iters'):
+    for name in ('det_iters', 'seg_iters', 'cls_iters'):
         if getattr(args, name) is not None and getattr(args, name) < 2:
             raise SystemExit(f'--{name.replace("_", "-")} must be at least 2')
     os.chdir(ROOT)
@@ -349,6 +393,16 @@ def main(argv=None):
     names = [n for n, (task, *_) in MODELS.items() if args.only in (None, task)
              and (args.compare or 'rednet' in n)]
     failures = []
+    if 'rednet26_cls' in names:
+        from involution_mm.utils.runtime import UnsupportedSetupError, check_scope_available
+        try:
+            check_scope_available(dict(default_scope='mmpretrain'))
+        except UnsupportedSetupError as err:
+            if args.only == 'cls':
+                raise SystemExit(f'--only cls: {err}')
+            names.remove('rednet26_cls')
+            summary['skipped'] = {'rednet26_cls': str(err)}
+            print(f'== RedNet-26 classifier skipped: {err}', flush=True)
     for name in names:
         summary['runs'][name] = train_model(name, args, find_scalars, plot_losses)
         # the thresholds check that training works; they are RedNet's (ResNet is compared)
@@ -365,7 +419,9 @@ def main(argv=None):
     print(f"machine: {summary['machine']}")
     for name, res in summary['runs'].items():
         m = res['metrics']
-        if 'coco/bbox_mAP' in m:
+        if 'accuracy/top1' in m:
+            score = f"top-1 {m['accuracy/top1']:.2f} %"
+        elif 'coco/bbox_mAP' in m:
             score = f"bbox_mAP {m['coco/bbox_mAP']:.3f}  segm_mAP {m['coco/segm_mAP']:.3f}  " \
                     f"(AP50 {m['coco/bbox_mAP_50']:.3f} / {m['coco/segm_mAP_50']:.3f})"
         else:

@@ -44,6 +44,8 @@ def write_comparison(summary, models, shapes, work_dir):
     rows = []
     for name, res in summary['runs'].items():
         task = models[name][0]
+        if task not in METRICS:  # no ResNet counterpart to compare with (classification)
+            continue
         params, gflops = flops_and_params(res['config'], shapes[task])
         row = dict(model=name, label=res['label'], task=task, config=res['config'],
                    iterations=res['iteration'], params_m=params, gflops=gflops,

@@ -1,4 +1,4 @@
-"""Small, learnable synthetic datasets in the exact layouts of COCO and Cityscapes.
+"""Small, learnable synthetic datasets in the exact layouts of COCO, Cityscapes and ImageNet.
 
 Nothing can be downloaded on the machines this project is developed on, so the demo, the
 tool tests and the distributed test train on data made here. The files are what the stock
@@ -22,6 +22,17 @@ dataset classes and metrics read, unchanged:
   Street scenes (sky, buildings, trees, sidewalk, road, cars, people, the ego vehicle at
   the bottom) with the real Cityscapes label ids and train ids (19 classes; the ego vehicle
   is ``labelId 1`` / ``trainId 255``, ignored like in the real data).
+* ImageNet classification (mmpretrain ``ImageNet`` with ``split``, or ``CustomDataset``
+  reading the class sub-folders; ``Accuracy``)::
+
+    <root>/train/<class>/<class>_00001.png ...   <root>/val/<class>/...
+    <root>/meta/train.txt, val.txt     lines '<class>/<file> <label>', as ImageNet's
+    <root>/meta/classes.txt            the class names in label order
+
+  One shape per image, whose kind is the class (``cross``, ``disc``, ``square``,
+  ``triangle``: sorted, so that the folder order of CustomDataset is the label order), of
+  random size, position and colour on a noisy background: the colour says nothing about
+  the class, the outline does.
 
 Everything is deterministic for a given seed (numpy ``default_rng``) and takes seconds.
 """
@@ -81,6 +92,17 @@ def _shape_polygon(shape, cx, cy, s, rng):
         return _regular_polygon(cx, cy, s / 2, 32, 0.0)
     if shape == 'octagon':
         return _regular_polygon(cx, cy, s / 2, 8, np.pi / 8)
+    if shape == 'triangle':  # pointing up, centred on its circumcircle
+        return _regular_polygon(cx, cy, s / 2, 3, -np.pi / 2)
+    if shape == 'square':
+        h = 0.4 * s
+        return np.array([[cx - h, cy - h], [cx + h, cy - h], [cx + h, cy + h],
+                         [cx - h, cy + h]])
+    if shape == 'cross':  # a plus sign of arms a third of its size wide
+        a, b = 0.5 * s, s / 6
+        return np.array([[cx - b, cy - a], [cx + b, cy - a], [cx + b, cy - b], [cx + a, cy - b],
+                         [cx + a, cy + b], [cx + b, cy + b], [cx + b, cy + a], [cx - b, cy + a],
+                         [cx - b, cy + b], [cx - a, cy + b], [cx - a, cy - b], [cx - b, cy - b]])
     if shape == 'diamond':
         w, h = 0.36 * s, 0.5 * s
         return np.array([[cx, cy - h], [cx + w, cy], [cx, cy + h], [cx - w, cy]])
@@ -307,4 +329,80 @@ def make_synthetic_cityscapes(root, num_train=128, num_val=24, width=256, height
             cv2.imwrite(osp.join(gt_dir, f'{stem}_gtFine_labelTrainIds.png'), train)
             cv2.imwrite(osp.join(gt_dir, f'{stem}_gtFine_labelIds.png'), label_ids)
         summary[split] = dict(images=count)
+    return summary
+
+
+# ------------------------------------------------------------------------- ImageNet
+
+#: the classes, sorted (CustomDataset numbers its class folders in sorted order); each is
+#: the shape that its images show
+IMAGENET_SYNTH_CLASSES = ('cross', 'disc', 'square', 'triangle')
+
+
+def _classification_image(rng, shape, size, min_frac, max_frac):
+    """One image of ``shape`` in a random colour at a random place, on a noisy background."""
+    import cv2
+    img = _background(rng, size, size)
+    s = rng.uniform(min_frac, max_frac) * size
+    cx, cy = rng.uniform(s / 2 + 1, size - s / 2 - 1, size=2)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(mask, [np.round(_shape_polygon(shape, cx, cy, s, rng)).astype(np.int32)], 1)
+    # a colour at least 60 grey levels (summed over RGB: 150) from the background's mean,
+    # so that every shape is visible, and nothing else to tell the classes apart
+    mean = img.reshape(-1, 3).mean(0)
+    while True:
+        colour = rng.uniform(0, 255, size=3)
+        if np.abs(colour - mean).sum() >= 150:
+            break
+    shade = rng.normal(0, 8, size=(size, size, 3))
+    img = np.where(mask[..., None] > 0, colour[None, None, :] + shade, img)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_synthetic_imagenet(root, num_train=1024, num_val=256, size=32, num_classes=4, seed=0,
+                            min_frac=0.5, max_frac=0.85):
+    """Writes an ImageNet-format classification dataset under ``root`` (see the module
+    docstring), the same number of images for every class.
+
+    Args:
+        root (str): output folder (created).
+        num_train, num_val (int): images per split, multiples of ``num_classes``.
+        size (int): images are size x size pixels.
+        num_classes (int): the first ``num_classes`` of :data:`IMAGENET_SYNTH_CLASSES`.
+        seed (int): the same seed gives the same files.
+        min_frac, max_frac (float): shape size as a fraction of the image side.
+
+    Returns:
+        dict: split -> number of images written, and the classes.
+    """
+    import cv2
+    if not 2 <= num_classes <= len(IMAGENET_SYNTH_CLASSES):
+        raise ValueError(f'num_classes must be 2 to {len(IMAGENET_SYNTH_CLASSES)} (the shapes '
+                         f'{IMAGENET_SYNTH_CLASSES}), got {num_classes}')
+    for name, count in (('num_train', num_train), ('num_val', num_val)):
+        if count <= 0 or count % num_classes:
+            raise ValueError(f'{name} must be a positive multiple of num_classes '
+                             f'({num_classes}), got {count}')
+    if size < 16:
+        raise ValueError(f'size must be at least 16 pixels, got {size}')
+    classes = IMAGENET_SYNTH_CLASSES[:num_classes]
+    rng = np.random.default_rng(seed)
+    os.makedirs(osp.join(root, 'meta'), exist_ok=True)
+    with open(osp.join(root, 'meta', 'classes.txt'), 'w') as f:
+        f.write(''.join(name + '\n' for name in classes))
+    summary = {}
+    for split, count in (('train', num_train), ('val', num_val)):
+        lines = []
+        for i in range(count):
+            label = i % num_classes  # interleaved: every prefix of the list is balanced
+            name = classes[label]
+            file_name = f'{name}/{name}_{i // num_classes + 1:05d}.png'
+            os.makedirs(osp.join(root, split, name), exist_ok=True)
+            img = _classification_image(rng, name, size, min_frac, max_frac)
+            cv2.imwrite(osp.join(root, split, file_name), img[..., ::-1])
+            lines.append(f'{file_name} {label}\n')
+        with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
+            f.writelines(lines)
+        summary[split] = dict(images=count)
+    summary['classes'] = list(classes)
     return summary

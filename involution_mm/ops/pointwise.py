@@ -6,11 +6,22 @@ shapes that makes them up to several times slower than the same product as an MK
 multiply (with one thread PyTorch already uses a GEMM), and oneDNN's backward of a stride-2
 1x1 conv is slower still. RedNet has four 1x1 convs per block, two of them in the
 involution's kernel branch, and a stride-2 one on the shortcut of each stage.
+
+In inference the BN after such a conv (or the bias ``fuse_conv_bn`` folds it into), the
+residual add and the ReLU are applied to each tile of the GEMM's output while it is in cache
+(:func:`conv_norm_act`), instead of as three more passes over the whole output.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.nn.modules import module as _module
+
+#: the BNs whose formula this package computes itself; mmengine's SyncBatchNorm (what
+#: ``norm_cfg=dict(type='SyncBN')`` builds) changes only the check of the input's dimensions
+BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, MMEngineSyncBatchNorm)
 
 
 def _gemm_applies(x, weight):
@@ -142,14 +153,84 @@ def pointwise_conv(x, conv):
 
 
 def conv_module_forward(module, x):
-    """``module(x)`` for an mmcv ConvModule, with its conv through :func:`pointwise_conv` when
-    it runs conv, norm, act in that order with no padding layer and no hooks of its own."""
+    """``module(x)`` for an mmcv ConvModule, as :func:`conv_norm_act` of its layers when it
+    runs conv, norm, act in that order with no padding layer and no hooks of its own."""
     if (module.order != ('conv', 'norm', 'act') or module.with_explicit_padding
             or not _without_hooks(module)):
         return module(x)
-    x = pointwise_conv(x, module.conv)
-    if module.with_norm:
-        x = module.norm(x)
-    if module.with_activation:
-        x = module.activate(x)
-    return x
+    return conv_norm_act(x, module.conv, module.norm if module.with_norm else None,
+                         module.activate if module.with_activation else None)
+
+
+def conv_norm_act(x, conv, norm=None, act=None, residual=None):
+    """``act(norm(conv(x)) + residual)``, each of ``norm``, ``act`` and ``residual`` optional.
+
+    In inference (no grad, no autocast, not compiling or exporting) on contiguous float32/64
+    CPU input, a plain 1x1 ``conv`` whose ``norm`` is an eval-mode BN or ``nn.Identity`` (what
+    ``fuse_conv_bn`` leaves) and whose ``act`` is an ``nn.ReLU``, none with hooks, runs as one
+    ``torch.ops.involution_mm.conv1x1_epilogue``: the norm as a per-channel scale and shift,
+    the residual and ReLU applied to each tile of the GEMM's output. Otherwise the layers run
+    one by one, the conv through :func:`pointwise_conv`."""
+    epilogue = _epilogue(x, conv, norm, act, residual)
+    if epilogue is not None:
+        scale, shift = epilogue
+        return torch.ops.involution_mm.conv1x1_epilogue(
+            _every_stride_th_pixel(x, conv.stride), conv.weight, scale, shift, residual,
+            act is not None)
+    out = pointwise_conv(x, conv)
+    if norm is not None:
+        out = norm(out)
+    if residual is not None:
+        out = out + residual
+    return out if act is None else act(out)
+
+
+@functools.cache
+def _has_epilogue_kernel():
+    from .involution import HAS_EXTENSION  # importing it loads the extension
+    return HAS_EXTENSION
+
+
+def _epilogue(x, conv, norm, act, residual):
+    """(scale, shift) of ``conv`` followed by ``norm`` as the epilogue of
+    :func:`conv_norm_act`'s fused op (:func:`inference_scale_shift`), or None where that op
+    does not apply."""
+    if not (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype in (torch.float32, torch.float64) and x.dim() == 4 and x.is_contiguous()
+            and not torch.is_autocast_enabled('cpu')):
+        return None
+    if not (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and _without_hooks(conv)
+            and conv.weight.dtype == x.dtype and conv.in_channels == x.shape[1]
+            and (act is None or (type(act) is nn.ReLU and _without_hooks(act)))):
+        return None
+    if residual is not None and not (residual.device == x.device and residual.dtype == x.dtype):
+        return None
+    if any(t is not None and t.dtype != x.dtype
+           for t in (conv.bias, getattr(norm, 'weight', None), getattr(norm, 'running_var', None))):
+        return None
+    if not _has_epilogue_kernel():
+        return None
+    return inference_scale_shift(norm, conv.bias)
+
+
+def inference_scale_shift(norm, bias=None):
+    """(scale, shift) per channel such that ``norm(y + bias)`` is ``y * scale + shift`` (scale
+    None for 1): for ``norm`` None or an ``nn.Identity`` (shift is ``bias``), or a BN in eval
+    mode with running statistics; None for any other norm and where hooks would see the
+    call."""
+    if norm is None or (type(norm) is nn.Identity and _without_hooks(norm)):
+        return None, bias
+    if not (type(norm) in BATCH_NORMS and not norm.training and norm.running_mean is not None
+            and _without_hooks(norm)):
+        return None
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if bias is not None:
+        shift = shift + bias * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale, shift

@@ -23,22 +23,18 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
-from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.nn.modules.utils import _pair
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
 from .involution import HAS_EXTENSION, involution
-from .pointwise import (_without_hooks, conv1x1, conv1x1_backward, conv_module_forward,
-                        pointwise_conv)
+from .pointwise import (BATCH_NORMS, _without_hooks, conv1x1, conv1x1_backward,
+                        conv_module_forward, pointwise_conv)
 from .pooling import ceil_avg_pool, ceil_avg_pool_backward
 from .reference import canonical_weight, default_padding
 
 #: the dtypes a chain runs in; others (and autocast) take the layers one by one
 CHAIN_DTYPES = (torch.float32, torch.float64)
-#: the BNs a chain computes itself; mmengine's SyncBatchNorm (what ``norm_cfg=dict(type=
-#: 'SyncBN')`` builds) changes only the check of the input's dimensions
-BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm, MMEngineSyncBatchNorm)
 
 
 def _is_pointwise(weight, stride, padding, dilation, groups):

@@ -16,6 +16,9 @@ machine:
   file, the config key and what is wrong (nothing is downloaded).
 * :func:`check_scope_available`: an mmpretrain config on a machine where
   ``mmpretrain.models`` does not import (no torchvision) stops with that reason.
+* :func:`check_datasets`: a dataset folder the run would read that is missing, or a
+  classifier whose number of classes is not the number its dataset names, stops the run
+  before anything is built (mmengine would fail later, deep in a traceback).
 """
 import importlib
 import os
@@ -52,6 +55,17 @@ LOAD_HINT = (
 class UnsupportedSetupError(RuntimeError):
     """The run asks for something this machine cannot do (AMP without CUDA, mmpretrain
     without torchvision); the message says what and why."""
+
+
+class DatasetError(UnsupportedSetupError):
+    """A dataset of the config is missing or does not fit the model; the message names the
+    config key and the folder."""
+
+
+#: how to make the datasets of configs/demo/ (they point at data/synthetic_*)
+DATA_HINT = ('The demo configs read the synthetic datasets under data/: make them with\n'
+             '    python tools/dataset_converters/make_synthetic_data.py\n'
+             'or point the config at your copy: --cfg-options {key}=PATH')
 
 
 def cuda_available():
@@ -230,9 +244,39 @@ def prepare_run(cfg, launcher='none', training=True, amp=False):
     if training:
         add_rng_state_hook(cfg)
     check_checkpoint_files(cfg, training=training)
+    check_datasets(cfg, training=training)
     dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
     init_cpu_distributed(launcher, dist_cfg.get('backend', 'gloo'), dist_cfg.get('timeout', None))
     return notes
+
+
+def check_datasets(cfg, training=True):
+    """Raises :class:`DatasetError` if the ``data_root`` of a dataloader the run uses (train,
+    and val where the config validates, when ``training``; else test) is no folder, or if
+    an mmpretrain classifier's ``head.num_classes`` differs from the number of classes its
+    dataset's metainfo names."""
+    # mmengine validates only with all three of val_dataloader, val_cfg and val_evaluator
+    validates = all(cfg.get(k, None) is not None for k in ('val_cfg', 'val_evaluator'))
+    loaders = ['test_dataloader']
+    if training:
+        loaders = ['train_dataloader'] + (['val_dataloader'] if validates else [])
+    head = cfg.get('model', {}).get('head', None)
+    num_classes = head.get('num_classes', None) if isinstance(head, dict) else None
+    for loader_key in loaders:
+        dataset = (cfg.get(loader_key, None) or {}).get('dataset', None) or {}
+        root = dataset.get('data_root', None)
+        if root and not _is_url(root) and not osp.isdir(osp.expanduser(str(root))):
+            key = f'{loader_key}.dataset.data_root'
+            raise DatasetError(
+                f'dataset folder not found: {key} = {root!r} (looked for '
+                f'{osp.abspath(osp.expanduser(str(root)))}). ' + DATA_HINT.format(key=key))
+        classes = (dataset.get('metainfo', None) or {}).get('classes', None)
+        if config_scope(cfg) == 'mmpretrain' and classes and num_classes is not None \
+                and len(classes) != num_classes:
+            raise DatasetError(
+                f'model.head.num_classes = {num_classes}, but {loader_key}.dataset.metainfo '
+                f'names {len(classes)} classes ({", ".join(classes)}): set both to the same '
+                'number')
 
 
 def add_rng_state_hook(cfg):

@@ -6,18 +6,41 @@ Module and parameter names are those of the official RedNet
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
+from torch._prims_common import suggest_memory_format
 from mmcv.cnn import ConvModule, build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
-from ...ops.pointwise import _without_hooks, pointwise_conv
+from ...ops.pointwise import (_without_hooks, conv_norm_act, inference_scale_shift,
+                              pointwise_conv)
 from ...ops.recompute import make_chain
 from ...registry import MODELS
 
 def _is_pos_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _onednn_conv_relu(module):
+    """For an mmcv ConvModule conv -> norm -> ReLU: a function computing it as one oneDNN
+    convolution, the norm folded into the weights and the ReLU as oneDNN's post-op; None
+    where the module is another configuration or has hooks."""
+    if not (module.order == ('conv', 'norm', 'act') and not module.with_explicit_padding
+            and module.with_activation and type(module.activate) is nn.ReLU
+            and type(module.conv) is nn.Conv2d and module.conv.padding_mode == 'zeros'
+            and not isinstance(module.conv.padding, str)
+            and all(map(_without_hooks, (module, module.conv, module.activate)))):
+        return None
+    conv = module.conv
+    scale_shift = inference_scale_shift(module.norm if module.with_norm else None, conv.bias)
+    if scale_shift is None:
+        return None
+    scale, shift = scale_shift
+    weight = conv.weight if scale is None else conv.weight * scale.view(-1, 1, 1, 1)
+    return lambda x: torch.ops.mkldnn._convolution_pointwise(
+        x, weight, shift, conv.padding, conv.stride, conv.dilation, conv.groups, 'relu', [],
+        '')
 
 
 class Bottleneck(nn.Module):
@@ -27,7 +50,10 @@ class Bottleneck(nn.Module):
     bn3.*, downsample.{0,1}.* (official names). ``norm_cfg`` builds bn1-3, the downsample
     norm and the norm inside the involution's kernel branch. With ``recompute_activations``
     bn1 -> ReLU -> involution -> bn2 -> ReLU -> conv3 runs as one recomputing chain
-    (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output.
+    (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output. In
+    inference each 1x1 conv runs with its norm, ReLU and (conv3) the residual add as one op
+    (:func:`~involution_mm.ops.pointwise.conv_norm_act`). ``downsample`` is an nn.Sequential
+    of optional pooling layers, a conv and a norm, as :class:`ResLayer` builds it.
     """
     expansion = 4
 
@@ -78,28 +104,29 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def _shortcut(self, x):
+        if self.downsample is None:
+            return x
+        *pooling, conv, norm = self.downsample
+        for layer in pooling:
+            x = layer(x)
+        return conv_norm_act(x, conv, norm)
+
     def _inner_forward(self, x):
-        identity = x
-        if self.downsample is not None:
-            for layer in self.downsample:
-                identity = pointwise_conv(identity, layer)
+        identity = self._shortcut(x)
         chain = make_chain([self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3],
                            x) if self.recompute_activations else None
-        out = pointwise_conv(x, self.conv1)
         if chain is not None:
-            out = chain(out)
-        else:
-            out = self.relu(self.bn1(out))
-            out = self.relu(self.bn2(self.conv2(out)))
-            out = pointwise_conv(out, self.conv3)
-        return self.bn3(out) + identity
+            out = chain(pointwise_conv(x, self.conv1))
+            return self.relu(self.bn3(out) + identity)
+        out = conv_norm_act(x, self.conv1, self.bn1, self.relu)
+        out = self.relu(self.bn2(self.conv2(out)))
+        return conv_norm_act(out, self.conv3, self.bn3, self.relu, residual=identity)
 
     def forward(self, x):
         if self.with_cp and torch.is_grad_enabled():
-            out = cp.checkpoint(self._inner_forward, x, use_reentrant=False)
-        else:
-            out = self._inner_forward(x)
-        return self.relu(out)
+            return cp.checkpoint(self._inner_forward, x, use_reentrant=False)
+        return self._inner_forward(x)
 
 
 class ResLayer(nn.Sequential):
@@ -404,9 +431,35 @@ class RedNet(BaseModule):
             return None
         return lambda inp: into_pool(into_last(first.conv(inp)))
 
+    def _stem_inference(self, x):
+        """The stem and max-pool in float32 CPU inference (no grad, no autocast, not compiling
+        or exporting), or None: in channels_last, where oneDNN's 3x3 convs need no reorders of
+        their input and output and the max-pool is vectorised over channels, each conv with
+        its norm and ReLU as one oneDNN op (:func:`_onednn_conv_relu`); the result in the
+        input's memory format (NCHW: the layout of the stages' GEMMs)."""
+        # compiling first: dynamo does not trace torch.backends.mkldnn.is_available
+        if not (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
+                and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                and not torch.is_autocast_enabled('cpu') and type(self.maxpool) is nn.MaxPool2d
+                and _without_hooks(self.stem) and _without_hooks(self.maxpool)):
+            return None
+        first, involution, norm, relu, last = self.stem
+        first_conv, last_conv = _onednn_conv_relu(first), _onednn_conv_relu(last)
+        if first_conv is None or last_conv is None:
+            return None
+        layout = suggest_memory_format(x)
+        x = first_conv(x.contiguous(memory_format=torch.channels_last))
+        x = last_conv(relu(norm(involution(x))))
+        return self.maxpool(x).contiguous(memory_format=layout)
+
     def forward(self, x):
         stem = self._stem_chains(x)
-        x = stem(x) if stem else self.maxpool(self.stem(x))
+        if stem is not None:
+            x = stem(x)
+        else:
+            inferred = self._stem_inference(x)
+            x = inferred if inferred is not None else self.maxpool(self.stem(x))
         outs = []
         for i, layer_name in enumerate(self.res_layers):
             x = getattr(self, layer_name)(x)
