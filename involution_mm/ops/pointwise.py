@@ -16,8 +16,12 @@ import functools
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
 from torch.nn.modules import module as _module
+
+try:
+    from mmengine.utils.dl_utils.parrots_wrapper import SyncBatchNorm as MMEngineSyncBatchNorm
+except ImportError:  # the op layer imports with torch alone; then no model builds this BN
+    MMEngineSyncBatchNorm = nn.SyncBatchNorm
 
 #: the BNs whose formula this package computes itself; mmengine's SyncBatchNorm (what
 #: ``norm_cfg=dict(type='SyncBN')`` builds) changes only the check of the input's dimensions
