@@ -24,6 +24,7 @@ TORCH_VERSION := $(VENV)/.torch-version
 EXT_SRC := $(wildcard ops/*.cpp ops/*.h ops/*.cu ops/*/*.cpp ops/*/*.h ops/*/*.cu ops/*/*.cuh) setup.py
 EXT     := $(VENV)/.ext-built
 MMCV    := $(VENV)/.mmcv-installed
+EXT_OWNER := involution_mm/.ext-built-for-venv
 JOBS    ?= 2
 
 .PHONY: env test demo compare data bench clean-ext FORCE
@@ -57,8 +58,14 @@ $(STAMP): $(MMCV) requirements.txt
 	$(PIP) install --quiet -r $(VENV)/requirements-after-torch.txt
 	touch $@
 
+# The venv whose torch the extension in this checkout was built against, rewritten only when
+# another venv builds it: `pip install -e .` builds it in place, so the two routes' venvs in
+# one checkout share that one file, and each make rebuilds it for its own venv.
+$(EXT_OWNER): FORCE
+	@[ "$$(cat $@ 2>/dev/null)" = "$(abspath $(VENV))" ] || echo "$(abspath $(VENV))" > $@
+
 # The package itself, with its C++ extension built against the venv's torch.
-$(EXT): $(STAMP) $(TORCH_VERSION) $(EXT_SRC)
+$(EXT): $(STAMP) $(TORCH_VERSION) $(EXT_OWNER) $(EXT_SRC)
 	MAX_JOBS=$(JOBS) $(PIP) install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
