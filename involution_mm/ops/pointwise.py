@@ -195,14 +195,20 @@ def _has_epilogue_kernel():
     return HAS_EXTENSION
 
 
+def eager_cpu_inference(x, dtypes):
+    """Whether ``x`` is a 4-d CPU tensor of one of ``dtypes`` in eager inference: no grad, no
+    autocast, not compiling or exporting (those keep the plain layers, which they fuse
+    themselves)."""
+    return (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype in dtypes and not torch.is_autocast_enabled('cpu'))
+
+
 def _epilogue(x, conv, norm, act, residual):
     """(scale, shift) of ``conv`` followed by ``norm`` as the epilogue of
     :func:`conv_norm_act`'s fused op (:func:`inference_scale_shift`), or None where that op
     does not apply."""
-    if not (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype in (torch.float32, torch.float64) and x.dim() == 4 and x.is_contiguous()
-            and not torch.is_autocast_enabled('cpu')):
+    if not (eager_cpu_inference(x, (torch.float32, torch.float64)) and x.is_contiguous()):
         return None
     if not (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.padding == (0, 0)
             and conv.dilation == (1, 1) and conv.groups == 1 and _without_hooks(conv)

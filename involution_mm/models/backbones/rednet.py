@@ -13,8 +13,8 @@ from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
-from ...ops.pointwise import (_without_hooks, conv_norm_act, inference_scale_shift,
-                              pointwise_conv)
+from ...ops.pointwise import (_without_hooks, conv_norm_act, eager_cpu_inference,
+                              inference_scale_shift, pointwise_conv)
 from ...ops.recompute import make_chain
 from ...registry import MODELS
 
@@ -437,11 +437,9 @@ class RedNet(BaseModule):
         their input and output and the max-pool is vectorised over channels, each conv with
         its norm and ReLU as one oneDNN op (:func:`_onednn_conv_relu`); the result in the
         input's memory format (NCHW: the layout of the stages' GEMMs)."""
-        # compiling first: dynamo does not trace torch.backends.mkldnn.is_available
-        if not (not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-                and not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dim() == 4
-                and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-                and not torch.is_autocast_enabled('cpu') and type(self.maxpool) is nn.MaxPool2d
+        # eager_cpu_inference first: dynamo does not trace torch.backends.mkldnn.is_available
+        if not (eager_cpu_inference(x, (torch.float32, )) and torch.backends.mkldnn.is_available()
+                and type(self.maxpool) is nn.MaxPool2d
                 and _without_hooks(self.stem) and _without_hooks(self.maxpool)):
             return None
         first, involution, norm, relu, last = self.stem
