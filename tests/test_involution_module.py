@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from involution_mm.ops import Involution, involution, involution_reference
-from involution_mm.ops.pooling import ceil_avg_pool, ceil_avg_pool_backward
+from involution_mm.ops.pooling import ceil_avg_pool, ceil_avg_pool_backward, max_pool
 
 
 def test_official_parameter_names_and_shapes():
@@ -44,6 +44,26 @@ def test_ceil_avg_pool_equals_ceil_mode_avg_pool(size, stride):
     grad = torch.randn_like(expected)
     torch.testing.assert_close(ceil_avg_pool_backward(grad, size, stride),
                                torch.autograd.grad(expected, x, grad)[0])
+
+
+@pytest.mark.parametrize('size', [(16, 16), (7, 9), (2, 3)])
+@pytest.mark.parametrize('ceil_mode', [False, True])
+def test_max_pool_through_channels_last_is_the_nchw_pool(size, ceil_mode):
+    """With ReLU zeros as ties, as after the stem; the backward gets the NCHW gradient with
+    the channels_last indices."""
+    x = torch.randn(2, 5, *size).relu()
+    args = (3, 2, 1, 1, ceil_mode)
+    out, indices = max_pool(x, *args, return_indices=True)
+    expected, expected_indices = nn.functional.max_pool2d(x, *args, return_indices=True)
+    assert out.is_contiguous() and torch.equal(out, expected)
+    assert torch.equal(indices, expected_indices)
+    assert torch.equal(max_pool(x, *args), expected)
+    grad = torch.randn_like(expected)
+    assert torch.equal(
+        torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args[:2], [1, 1], [1, 1],
+                                                        ceil_mode, indices),
+        torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args[:2], [1, 1], [1, 1],
+                                                        ceil_mode, expected_indices))
 
 
 def test_norm_and_act_cfg_reach_the_kernel_branch():

@@ -1,4 +1,4 @@
-"""The kernel branch's ceil-mode average pool and its gradient."""
+"""The kernel branch's ceil-mode average pool and its gradient; the stem's max-pool on CPU."""
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +44,23 @@ def ceil_avg_pool_backward(grad, input_size, stride):
         grad = grad / (stride * stride)
     grad = grad.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
     return grad[:, :, :h, :w]
+
+
+def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=False):
+    """``F.max_pool2d``, an NCHW CPU input pooled in channels_last.
+
+    ATen's channels-last max-pool is vectorised over channels, the NCHW one loops over each
+    plane's windows: the two copies cost less than the NCHW pool. Values and indices (flat
+    positions within a plane, whatever the layout) are the NCHW pool's; the output is NCHW,
+    the indices stay channels_last, which ``max_pool2d_with_indices_backward`` takes with
+    an NCHW gradient. The compiler has its own pooling code and gets the plain call.
+    """
+    if not (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous()
+            and not torch.compiler.is_compiling()):
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                            return_indices=return_indices)
+    pooled = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel_size, stride,
+                          padding, dilation, ceil_mode, return_indices=return_indices)
+    if return_indices:
+        return pooled[0].contiguous(), pooled[1]
+    return pooled.contiguous()

@@ -8,8 +8,9 @@ with its kernel branch) into one autograd node that keeps only the chain's input
 BN statistics, recomputes the intermediate tensors in backward and applies each layer's
 derivative there. The last layer's output is not recomputed: a chain ending in a conv
 costs no extra GEMM. Values and gradients are those of the layers called one by one, to
-rounding: a chain's BN normalises with its own elementwise formula, bitwise the same in
-the forward and in its recomputation.
+rounding: the forward computes each BN with ATen's batch-norm kernel, as BatchNorm2d does
+(its statistics in one call, several times faster than ``var_mean``), the recomputation
+normalises with the saved mean and inverse deviation by an elementwise formula.
 
 Under torch.compile a chain is the same stages in an activation-checkpointed region instead:
 the compiler merges a backward's recomputation with the forward's identical values and
@@ -30,7 +31,7 @@ from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
 from .involution import HAS_EXTENSION, involution
 from .pointwise import (BATCH_NORMS, _without_hooks, conv1x1, conv1x1_backward,
                         conv_module_forward, pointwise_conv)
-from .pooling import ceil_avg_pool, ceil_avg_pool_backward
+from .pooling import ceil_avg_pool, ceil_avg_pool_backward, max_pool
 from .reference import canonical_weight, default_padding
 
 #: the dtypes a chain runs in; others (and autocast) take the layers one by one
@@ -46,9 +47,10 @@ class _Pass:
     """One run of a chain's stages: the forward, or its recomputation in backward, which
     also records each stage's derivative (a closure over what it needs) in ``records``."""
 
-    def __init__(self, tensors, stats=None, needs_grad=None, in_place=True):
+    def __init__(self, tensors, stats=None, needs_grad=None, compiling=False):
         self.tensors = tensors
-        self.in_place = in_place  # not under selective checkpointing, which forbids it
+        # the compiler's checkpointed region forbids in-place ops and keeps var_mean's output
+        self.compiling = compiling
         self.index = 0
         self.stats = None if stats is None else iter(stats)
         self.new_stats = []
@@ -74,16 +76,25 @@ class _Pass:
         first, (weight, bias, running_mean, running_var) = self._take(4)
         if not batch_stats:
             mean, var = running_mean, running_var
+            invstd = torch.rsqrt(var + eps)
         elif self.stats is not None:
-            mean, var = next(self.stats), next(self.stats)
+            mean, invstd = next(self.stats), next(self.stats)
         else:
             count = x.numel() // x.shape[1]
             if count <= 1:  # what BatchNorm says
                 raise ValueError('Expected more than 1 value per channel when training, got '
                                  f'input size {tuple(x.shape)}')
+            if not self.compiling:
+                # with momentum 1 the kernel writes the batch's mean and unbiased variance
+                # into the zeroed buffers, exactly as it updates BatchNorm's running ones
+                batch_mean, unbiased_var = x.new_zeros((2, x.shape[1])).unbind()
+                out, mean, invstd = torch.ops.aten._native_batch_norm_legit(
+                    x, weight, bias, batch_mean, unbiased_var, True, 1.0, eps)
+                self.new_stats.append((mean, invstd, unbiased_var))
+                return out
             var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            self.new_stats.append((mean, var, var * (count / (count - 1))))
-        invstd = torch.rsqrt(var + eps)
+            invstd = torch.rsqrt(var + eps)
+            self.new_stats.append((mean, invstd, var * (count / (count - 1))))
         if self.recording:
             needs = (self.needs_grad[first] and weight is not None,
                      self.needs_grad[first + 1] and bias is not None)
@@ -103,7 +114,7 @@ class _Pass:
 
     def _relu(self, stage, x, fresh, need_output):
         # a stage's output is its own to overwrite
-        out = x.relu_() if fresh and self.in_place else x.relu()
+        out = x.relu_() if fresh and not self.compiling else x.relu()
         if self.recording:
             self.records.append(
                 lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
@@ -135,9 +146,9 @@ class _Pass:
     def _maxpool(self, stage, x, fresh, need_output):
         _, kernel_size, stride, padding, dilation, ceil_mode = stage
         if not self.recording:
-            return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
-        out, indices = F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                    return_indices=True)
+            return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
+        out, indices = max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                return_indices=True)
         self.records.append(lambda grad: torch.ops.aten.max_pool2d_with_indices_backward(
             grad, x, kernel_size, stride, padding, dilation, ceil_mode, indices))
         return out
@@ -176,7 +187,7 @@ class _RecomputedChain(torch.autograd.Function):
     def forward(ctx, stages, x, *tensors):
         run = _Pass(tensors)
         out = run.run(stages, x)
-        saved_stats = [t for mean, var, _ in run.new_stats for t in (mean, var)]
+        saved_stats = [t for mean, invstd, _ in run.new_stats for t in (mean, invstd)]
         running = [t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)]
         ctx.stages = stages
         ctx.num_tensors = len(tensors)
@@ -315,7 +326,7 @@ def _compiled_chain(modules, x):
 
 
 def _run_stages(stages, x, *tensors):
-    run = _Pass(tensors, in_place=False)
+    run = _Pass(tensors, compiling=True)
     out = run.run(stages, x)
     return (out, *[t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)])
 
