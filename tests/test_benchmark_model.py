@@ -123,6 +123,17 @@ def test_saved_bytes_count_each_storage_once_and_no_parameters(tools):
     assert tool.saved_for_backward_bytes(_TwoViews(), x.requires_grad_()) == x.nbytes
 
 
+@pytest.mark.slow  # inductor compiles a conv + ReLU forward and backward
+def test_saved_bytes_of_a_compiled_model_are_what_its_graphs_save(tools):
+    """The compiled scenarios' figure: the hooks see the tensors the compiled graph keeps
+    (the partitioner may keep fewer than eager mode, never none: the conv needs its input)."""
+    tool = _load_tool(tools.ROOT)
+    x = torch.randn(2, 3, 5, 5)
+    conv_relu = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    compiled = tool.saved_for_backward_bytes(torch.compile(conv_relu, fullgraph=True), x)
+    assert x.nbytes <= compiled <= tool.saved_for_backward_bytes(conv_relu, x)
+
+
 def test_a_resnet_that_does_not_import_is_named(tools):
     try:
         import torchvision  # noqa: F401

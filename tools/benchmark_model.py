@@ -7,7 +7,8 @@ Scenarios (``--scenarios``; N is the batch size):
   (mmcv's ``fuse_conv_bn``, applied to both networks alike);
 * ``train_bsN``: backbone forward + backward + SGD step (momentum, weight decay), 224x224;
   with it, the bytes the training forward saves for backward, per image
-  (``saved_for_backward_mib``, see :func:`saved_for_backward_bytes`);
+  (``saved_for_backward_mib``, see :func:`saved_for_backward_bytes`; for
+  ``train_bsN_compiled``, of the compiled backbone);
 * ``infer_bsN_compiled``, ``infer_bsN_fused_compiled``, ``train_bsN_compiled``: the same with
   each backbone ``torch.compile``d (inductor, ``fullgraph=True``). The eager backbones run in
   the same rounds, interleaved with the compiled ones (``eager_time_ms``,
@@ -326,15 +327,17 @@ def saved_for_backward_bytes(model, x):
     return sum(storages.values())
 
 
-def saved_for_backward_mib(name, args, batch=2):
+def saved_for_backward_mib(name, args, batch=2, compiled=False):
     """:func:`saved_for_backward_bytes` of backbone ``name`` in training mode (every BN on
-    batch statistics), per ``--image-size`` image, in MiB."""
+    batch statistics), per ``--image-size`` image, in MiB; ``compiled``: of the backbone
+    ``torch.compile``d as in the compiled scenarios (what its graphs save)."""
     torch.manual_seed(0)
     model = build_backbone(name, args)
     model.train()  # mmdet's ResNet.train returns None
     x = to_device(torch.randn(batch, 3, args.image_size, args.image_size), args)
+    forward = torch.compile(model, fullgraph=True) if compiled else model
     with autocast(args):
-        return saved_for_backward_bytes(model, x) / batch / 2 ** 20
+        return saved_for_backward_bytes(forward, x) / batch / 2 ** 20
 
 
 def memory_probe(name, scenario, args):
@@ -458,10 +461,12 @@ def main(argv=None):
         models = scenario_models(scenario, args)
         memory = {} if args.no_memory or compiled else {
             name: measure_memory(name, scenario, args) / 2 ** 20 for name in models}
-        trains_backbone = (scenario != 'mask_rcnn_train' and not compiled
+        trains_backbone = (scenario != 'mask_rcnn_train'
                            and backbone_scenario(scenario)[0] == 'train')
-        saved = {name: saved_for_backward_mib(name, args) for name in models
-                 } if trains_backbone else {}
+        # compiled: at the scenario's batch size, whose graphs inductor has cached by now
+        saved = {name: saved_for_backward_mib(
+            name, args, *((backbone_scenario(scenario)[1], True) if compiled else ()))
+            for name in models} if trains_backbone else {}
         results[scenario] = {'time_ms': {k: times[k] * 1e3 for k in models},
                              'ratios': ratios(scenario, times, memory, saved)}
         if compiled:
