@@ -56,9 +56,10 @@ def _assert_close_at_scale(actual, expected, what, rel=1e-5):
 
 @pytest.mark.slow  # compiles a small RedNet's forward and backward with inductor
 def test_compiled_training_is_one_graph_with_the_eager_results():
-    """Also: compiled, the chains' 1x1 convs are GEMMs (as eager: oneDNN is slower at them)
-    and a chain's closing conv is not run again in backward, so the only convolutions in
-    inductor's graphs are the stem's two 3x3 convs, forward and backward."""
+    """Also: compiled, each chain is its two ops (forward, backward), as in eager mode, so
+    the compiler neither saves nor recomputes more than the eager chain; the only
+    convolution in inductor's graphs is the stem's first 3x3 conv (the second closes a
+    chain), forward and backward."""
     eager = _small_rednet().train()
     assert eager.recompute_activations
     twin = copy.deepcopy(eager)
@@ -72,8 +73,11 @@ def test_compiled_training_is_one_graph_with_the_eager_results():
     with inductor_config.patch(post_grad_custom_post_pass=count_ops, fx_graph_cache=False), \
             functorch_config.patch(enable_autograd_cache=False):
         actual = _train_step(compiled, twin, x)
-    assert ops[torch.ops.aten.convolution.default] == 2
-    assert ops[torch.ops.aten.convolution_backward.default] == 2
+    chains = 2 + 3  # the stem's two, one per bottleneck
+    assert ops[torch.ops.involution_mm.recomputed_chain.default] == chains
+    assert ops[torch.ops.involution_mm.recomputed_chain_backward.default] == chains
+    assert ops[torch.ops.aten.convolution.default] == 1
+    assert ops[torch.ops.aten.convolution_backward.default] == 1
     assert actual.keys() == expected.keys()
     for what in expected:  # outputs, gradients, BN statistics (updated once per step)
         if what == 'outs':

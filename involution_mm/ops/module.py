@@ -71,9 +71,7 @@ class Involution(nn.Module):
         return involution_stages(self) if self.recompute_kernel else None
 
     def forward(self, x):
-        # compiled, a chain is a checkpointed region that calls its layers, this one included
-        # (see involution_mm.ops.recompute): a chain of its own here would call it again
-        if self.recompute_kernel and not torch.compiler.is_compiling():
+        if self.recompute_kernel:
             chain = make_chain([self], x)
             if chain is not None:
                 return chain(x)

@@ -12,25 +12,23 @@ rounding: the forward computes each BN with ATen's batch-norm kernel, as BatchNo
 (its statistics in one call, several times faster than ``var_mean``), the recomputation
 normalises with the saved mean and inverse deviation by an elementwise formula.
 
-Under torch.compile a chain is the same stages in an activation-checkpointed region instead:
-the compiler merges a backward's recomputation with the forward's identical values and
-saves those, while a checkpointed region it recomputes itself (updating BN statistics
-once). As in eager mode the region keeps the BN statistics (selective checkpointing) and
-ends before the last layer, whose output is thus not recomputed (a region's output is: a
-closing conv would run again in backward); its 1x1 convs are GEMMs as in eager mode.
+The chain is a pair of custom ops (:func:`recomputed_chain` and its backward) with an
+autograd formula, the same in eager mode and under torch.compile, which calls them as they
+are: compiled training keeps what eager training keeps.
 """
+import ast
+import functools
+from typing import List, Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from torch.nn.modules.utils import _pair
-from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
-                                    create_selective_checkpoint_contexts)
 
 from .involution import HAS_EXTENSION, involution
-from .pointwise import (BATCH_NORMS, _without_hooks, conv1x1, conv1x1_backward,
-                        conv_module_forward, pointwise_conv)
+from .pointwise import BATCH_NORMS, _without_hooks, conv1x1, conv1x1_backward
 from .pooling import ceil_avg_pool, ceil_avg_pool_backward, max_pool
 from .reference import canonical_weight, default_padding
 
@@ -47,10 +45,8 @@ class _Pass:
     """One run of a chain's stages: the forward, or its recomputation in backward, which
     also records each stage's derivative (a closure over what it needs) in ``records``."""
 
-    def __init__(self, tensors, stats=None, needs_grad=None, compiling=False):
+    def __init__(self, tensors, stats=None, needs_grad=None):
         self.tensors = tensors
-        # the compiler's checkpointed region forbids in-place ops and keeps var_mean's output
-        self.compiling = compiling
         self.index = 0
         self.stats = None if stats is None else iter(stats)
         self.new_stats = []
@@ -84,17 +80,13 @@ class _Pass:
             if count <= 1:  # what BatchNorm says
                 raise ValueError('Expected more than 1 value per channel when training, got '
                                  f'input size {tuple(x.shape)}')
-            if not self.compiling:
-                # with momentum 1 the kernel writes the batch's mean and unbiased variance
-                # into the zeroed buffers, exactly as it updates BatchNorm's running ones
-                batch_mean, unbiased_var = x.new_zeros((2, x.shape[1])).unbind()
-                out, mean, invstd = torch.ops.aten._native_batch_norm_legit(
-                    x, weight, bias, batch_mean, unbiased_var, True, 1.0, eps)
-                self.new_stats.append((mean, invstd, unbiased_var))
-                return out
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            invstd = torch.rsqrt(var + eps)
-            self.new_stats.append((mean, invstd, var * (count / (count - 1))))
+            # with momentum 1 the kernel writes the batch's mean and unbiased variance into
+            # the zeroed buffers, exactly as it updates BatchNorm's running ones
+            batch_mean, unbiased_var = x.new_zeros((2, x.shape[1])).unbind()
+            out, mean, invstd = torch.ops.aten._native_batch_norm_legit(
+                x, weight, bias, batch_mean, unbiased_var, True, 1.0, eps)
+            self.new_stats.append((mean, invstd, unbiased_var))
+            return out
         if self.recording:
             needs = (self.needs_grad[first] and weight is not None,
                      self.needs_grad[first + 1] and bias is not None)
@@ -114,7 +106,7 @@ class _Pass:
 
     def _relu(self, stage, x, fresh, need_output):
         # a stage's output is its own to overwrite
-        out = x.relu_() if fresh and not self.compiling else x.relu()
+        out = x.relu_() if fresh else x.relu()
         if self.recording:
             self.records.append(
                 lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
@@ -177,34 +169,94 @@ class _Pass:
         return involution(x, kernel, *hyper)
 
 
-class _RecomputedChain(torch.autograd.Function):
-    """Runs ``stages`` on ``x``; keeps ``x``, ``tensors`` and the batch statistics.
+@functools.cache
+def _parse_key(key):
+    return ast.literal_eval(key)
 
-    Returns the output and, for every BN that normalises with batch statistics, its mean
-    and unbiased variance (for the running statistics, which the caller updates)."""
 
-    @staticmethod
-    def forward(ctx, stages, x, *tensors):
-        run = _Pass(tensors)
-        out = run.run(stages, x)
-        saved_stats = [t for mean, invstd, _ in run.new_stats for t in (mean, invstd)]
-        running = [t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)]
-        ctx.stages = stages
-        ctx.num_tensors = len(tensors)
-        ctx.save_for_backward(x, *tensors, *saved_stats)
-        ctx.mark_non_differentiable(*running)
-        return (out, *running)
+def _chain_key(stages, tensors):
+    """The op argument that describes a chain: the repr (which reads back exactly) of its
+    stages (nested tuples of str, int, float, bool) and of which of its tensors are present.
+    The op takes the present ones only: autograd follows the tensors of a list of tensors,
+    not of one that holds None."""
+    return repr((tuple(stages), tuple(t is not None for t in tensors)))
 
-    @staticmethod
-    def backward(ctx, grad_out, *unused_stat_grads):
-        x, *saved = ctx.saved_tensors
-        tensors, stats = saved[:ctx.num_tensors], saved[ctx.num_tensors:]
-        run = _Pass(tensors, stats, needs_grad=ctx.needs_input_grad[2:])
-        run.run(ctx.stages, x, need_output=False)
-        grad = grad_out
-        while run.records:  # popped, so each stage's recomputed tensors go once used
-            grad = run.records.pop()(grad)
-        return (None, grad if ctx.needs_input_grad[1] else None, *run.grads)
+
+def _all_tensors(present_tensors, key):
+    """The chain's tensors in stage order, None where absent (see :func:`_chain_key`)."""
+    given = iter(present_tensors)
+    return [next(given) if here else None for here in _parse_key(key)[1]]
+
+
+def _chain_forward(x, tensors, key):
+    run = _Pass(_all_tensors(tensors, key))
+    out = run.run(_parse_key(key)[0], x)
+    return [out, *[t for stats in run.new_stats for t in stats]]
+
+
+@torch.library.custom_op('involution_mm::recomputed_chain', mutates_args=())
+def recomputed_chain(x: torch.Tensor, tensors: Sequence[torch.Tensor],
+                     key: str) -> List[torch.Tensor]:
+    """Runs the chain described by ``key`` on ``x`` with the weights and buffers
+    ``tensors``: ``[out, *stats]``, for every BN on batch statistics its mean, inverse
+    deviation (which backward needs) and unbiased variance (with the mean, for the running
+    statistics, which the caller updates).
+
+    An op of its own, not an autograd Function, so that torch.compile keeps it whole: the
+    compiler would otherwise trace the stages and choose itself what to save and recompute
+    (with checkpointing it recomputes a region's output, a closing conv included, and more
+    than the chain's one saved input)."""
+    return _chain_forward(x, tensors, key)
+
+
+# the fake kernel: the stages' own shape logic, on fake tensors
+recomputed_chain.register_fake(_chain_forward)
+
+
+@torch.library.custom_op('involution_mm::recomputed_chain_backward', mutates_args=())
+def recomputed_chain_backward(grad: torch.Tensor, x: torch.Tensor,
+                              tensors: Sequence[torch.Tensor], stats: Sequence[torch.Tensor],
+                              key: str, needs_grad: Sequence[bool]) -> List[torch.Tensor]:
+    """``[grad_x, *grads]`` of :func:`recomputed_chain` for ``grad`` of its output: the
+    stages recomputed from ``x`` and ``stats`` (mean and inverse deviation of each BN), each
+    stage's derivative applied in reverse. A tensor whose ``needs_grad`` is false gets an
+    empty placeholder."""
+    all_tensors = _all_tensors(tensors, key)
+    present = _parse_key(key)[1]
+    needs = iter(needs_grad)
+    run = _Pass(all_tensors, stats, needs_grad=[here and next(needs) for here in present])
+    run.run(_parse_key(key)[0], x, need_output=False)
+    while run.records:  # popped, so each stage's recomputed tensors go once used
+        grad = run.records.pop()(grad)
+    grads = [g for g, here in zip(run.grads, present) if here]
+    return [grad, *[g if g is not None else x.new_empty(0) for g in grads]]
+
+
+@recomputed_chain_backward.register_fake
+def _(grad, x, tensors, stats, key, needs_grad):
+    return [torch.empty_like(x), *[torch.empty_like(t) if needed else x.new_empty(0)
+                                   for t, needed in zip(tensors, needs_grad)]]
+
+
+def _setup_context(ctx, inputs, output):
+    x, tensors, key = inputs
+    ctx.key = key
+    ctx.needs_grad = [t.requires_grad for t in tensors]
+    means, invstds = output[1::3], output[2::3]
+    ctx.save_for_backward(x, *tensors, *[t for pair in zip(means, invstds) for t in pair])
+    ctx.num_tensors = len(tensors)
+
+
+def _backward(ctx, grads):
+    x, *saved = ctx.saved_tensors
+    tensors, stats = saved[:ctx.num_tensors], saved[ctx.num_tensors:]
+    grad_x, *weight_grads = recomputed_chain_backward(grads[0], x, tensors, stats, ctx.key,
+                                                      ctx.needs_grad)
+    return (grad_x, [g if needed else None for g, needed in zip(weight_grads, ctx.needs_grad)],
+            None)
+
+
+recomputed_chain.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _syncs_across_processes(bn):
@@ -279,9 +331,8 @@ def _update_running_stats(bn, mean, unbiased_var):
         bn.running_var.lerp_(unbiased_var, factor)
 
 
-def _update_all_running_stats(norms, stats):
-    """``stats``: the mean and unbiased variance of each BN in ``norms`` in turn."""
-    for bn, mean, unbiased_var in zip(norms, stats[0::2], stats[1::2]):
+def _update_all_running_stats(norms, means, unbiased_vars):
+    for bn, mean, unbiased_var in zip(norms, means, unbiased_vars):
         if bn is not None:
             _update_running_stats(bn, mean, unbiased_var)
 
@@ -300,54 +351,14 @@ def make_chain(modules, x):
     stages, tensors, norms = described
     if not (x.requires_grad or any(t is not None and t.requires_grad for t in tensors)):
         return None
-    stages = tuple(stages)
+    key = _chain_key(stages, tensors)
+    present = [t for t in tensors if t is not None]
 
     def chain(inp):
-        if torch.compiler.is_compiling():
-            return _compiled_chain(modules, inp)
-        out, *stats = _RecomputedChain.apply(stages, inp, *tensors)
-        _update_all_running_stats(norms, stats)
+        out, *stats = recomputed_chain(inp, present, key)
+        _update_all_running_stats(norms, stats[0::3], stats[2::3])
         return out
     return chain
-
-
-def _compiled_chain(modules, x):
-    """The chain under torch.compile: every layer but the last in a checkpointed region
-    that keeps its input and its BN statistics (the compiler would compute each batch
-    statistic, a reduction over the batch, again in backward), then the last layer, whose
-    output is not recomputed."""
-    *region, last = modules
-    if region:
-        stages, tensors, norms = module_stages(region)
-        x, *stats = checkpoint(_run_stages, tuple(stages), x, *tensors, use_reentrant=False,
-                               context_fn=_keep_statistics)
-        _update_all_running_stats(norms, stats)
-    return _call(last, x)
-
-
-def _run_stages(stages, x, *tensors):
-    run = _Pass(tensors, compiling=True)
-    out = run.run(stages, x)
-    return (out, *[t for mean, _, unbiased_var in run.new_stats for t in (mean, unbiased_var)])
-
-
-def _save_statistics_policy(ctx, func, *args, **kwargs):
-    if func is torch.ops.aten.var_mean.correction:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
-
-
-def _keep_statistics():
-    return create_selective_checkpoint_contexts(_save_statistics_policy)
-
-
-def _call(module, x):
-    """``module(x)``, 1x1 convs (alone or in a ConvModule) by the GEMMs of eager mode."""
-    if isinstance(module, ConvModule):
-        return conv_module_forward(module, x)
-    if isinstance(module, nn.Conv2d):
-        return pointwise_conv(x, module)
-    return module(x)
 
 
 def involution_stages(module):
