@@ -9,15 +9,14 @@ row ``u`` and a tile of ``T`` output columns, the tile's outputs of a group's ch
 columns the tile reads from input row ``y*s + u*d`` and ``band`` (T x L) holds each output
 column's K kernel taps on its diagonal, zeros elsewhere. The bands come from the kernels by
 one MatMul with a constant 0/1 matrix (the band's layout, stride and dilation are in it),
-the windows by one Gather per kernel row, and a Sum adds the K kernel rows. The tile bounds
-the band's zeros to (L - K)/L of it; the width is padded to whole tiles and the output
-cropped. Small kernels (K <= 3: few taps, where the band would be mostly zeros) keep the
-shift-add form: per tap a strided Slice of the zero-padded input, a Mul by that tap's kernel
-plane broadcast over the group's channels and an Add. Both were measured against each other
-and against unfold-style gathers and ONNX DeformConv in onnxruntime and OpenVINO
-(``benchmarks/onnx_involution_candidates.json``).
+the windows by one Gather per kernel row from the channels-last zero-padded input, and a
+Sum adds the K kernel rows. The tile bounds the band's zeros; the width is padded to whole
+tiles and the output cropped. This form was measured against K*K shifted
+Slice + Mul + Add, unfold-style gathers, ONNX DeformConv and other band layouts and tile
+sizes in onnxruntime and OpenVINO, and was the fastest at every RedNet shape, 3x3 kernels
+and stride 2 included (``benchmarks/onnx_involution_candidates.json``).
 Only the standard domain is used, so onnxruntime, OpenVINO and TensorRT read the graph
-without plugins. Every size stays symbolic: slices, pads, gather indices and reshapes take
+without plugins. Every size stays symbolic: pads, gather indices, slices and reshapes take
 their sizes from ``Shape``, so batch and spatial sizes can be dynamic.
 """
 import numpy as np
@@ -29,9 +28,6 @@ from .involution import HAS_EXTENSION
 ONNX_OPSET = 18
 #: output columns per band tile
 BAND_TILE = 7
-#: kernels up to this size keep the shift-add form
-SHIFT_ADD_MAX_KERNEL = 3
-_TO_END = 2 ** 62  # a Slice end past any size: "to the end"
 
 
 def _opset():
@@ -41,14 +37,6 @@ def _opset():
         raise ImportError('involution_mm: ONNX export needs onnxscript (and onnx); install the '
                           'pinned versions from requirements.txt') from err
     return opset18
-
-
-def involution_onnx(input, weight, kernel_size, stride, dilation, padding):
-    """ONNX graph of ``involution_mm::involution`` (input (B, C, H, W), weight
-    (B, G, K, K, Ho, Wo)), traced by the exporter with Python ints for the hyper-parameters."""
-    if kernel_size <= SHIFT_ADD_MAX_KERNEL:
-        return _shift_add(input, weight, kernel_size, stride, dilation, padding)
-    return _banded(input, weight, kernel_size, stride, dilation, padding)
 
 
 def band_matrix(kernel_size, stride, dilation, tile=BAND_TILE):
@@ -63,9 +51,12 @@ def band_matrix(kernel_size, stride, dilation, tile=BAND_TILE):
     return matrix
 
 
-def _banded(input, weight, k, s, d, p):
+def involution_onnx(input, weight, kernel_size, stride, dilation, padding):
+    """ONNX graph of ``involution_mm::involution`` (input (B, C, H, W), weight
+    (B, G, K, K, Ho, Wo)), traced by the exporter with Python ints for the hyper-parameters."""
     import onnx_ir as ir
     op = _opset()
+    k, s, d, p = kernel_size, stride, dilation, padding
     t = BAND_TILE
     width = s * (t - 1) + d * (k - 1) + 1  # L: input columns a tile reads
 
@@ -101,7 +92,7 @@ def _banded(input, weight, k, s, d, p):
     w = op.Pad(weight, op.Concat(ints(*[0] * 11), op.Sub(tiled_w, out_w), axis=0))
     w = op.Reshape(w, op.Concat(batch_groups, ints(k, k), out_h, tiles, ints(t), axis=0))
     w = op.Transpose(w, perm=[0, 1, 2, 4, 5, 3, 6])
-    to_band = op.CastLike(op.Constant(value=ir.tensor(band_matrix(k, s, d, t))), weight)
+    to_band = op.Constant(value=ir.tensor(band_matrix(k, s, d, t).astype(weight.dtype.numpy())))
     rows_of_kernel = op.Split(w, axis=2, num_outputs=k) if k > 1 else [w]
     terms = []
     for u in range(k):
@@ -115,35 +106,6 @@ def _banded(input, weight, k, s, d, p):
     out = op.Transpose(op.Slice(out, ints(0), out_w, ints(3)), perm=[0, 1, 4, 2, 3])
     return op.Reshape(out, op.Concat(op.Slice(in_shape, ints(0), ints(2)), out_h, out_w,
                                      axis=0))
-
-
-def _shift_add(input, weight, k, s, d, p):
-    op = _opset()
-
-    def ints(*values):
-        return op.Constant(value_ints=list(values))
-
-    in_shape, w_shape = op.Shape(input), op.Shape(weight)
-    batch_groups = op.Slice(w_shape, ints(0), ints(2))
-    out_hw = op.Slice(w_shape, ints(4), ints(6))
-    # (B, G, C/G, H, W): a kernel plane (B, G, 1, Ho, Wo) broadcasts over a group's channels
-    grouped = op.Reshape(input, op.Concat(batch_groups, ints(-1), op.Slice(in_shape, ints(2),
-                                                                           ints(4)), axis=0))
-    padded = op.Pad(grouped, ints(0, 0, 0, p, p, 0, 0, 0, p, p))
-    planes = op.Split(op.Reshape(weight, op.Concat(batch_groups, ints(k * k), out_hw, axis=0)),
-                      axis=2, num_outputs=k * k)
-    # tap (u, v) reads rows u*d, u*d + s, ... of the padded input: Ho of them end d*(K-1) - u*d
-    # before its end, whatever H is
-    span = d * (k - 1)
-    total = None
-    for u in range(k):
-        for v in range(k):
-            starts = ints(u * d, v * d)
-            ends = ints(*(-(span - t * d) if span > t * d else _TO_END for t in (u, v)))
-            tap = op.Slice(padded, starts, ends, ints(3, 4), ints(s, s))
-            term = op.Mul(tap, planes[u * k + v])
-            total = term if total is None else op.Add(total, term)
-    return op.Reshape(total, op.Concat(op.Slice(in_shape, ints(0), ints(2)), out_hw, axis=0))
 
 
 def custom_translation_table():
