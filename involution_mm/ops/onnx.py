@@ -11,10 +11,10 @@ column's K kernel taps on its diagonal, zeros elsewhere. The bands come from the
 one MatMul with a constant 0/1 matrix (the band's layout, stride and dilation are in it),
 the windows by one Gather per kernel row from the channels-last zero-padded input, and a
 Sum adds the K kernel rows. The tile bounds the band's zeros; the width is padded to whole
-tiles and the output cropped. This form was measured against K*K shifted
-Slice + Mul + Add, unfold-style gathers, ONNX DeformConv and other band layouts and tile
-sizes in onnxruntime and OpenVINO, and was the fastest at every RedNet shape, 3x3 kernels
-and stride 2 included (``benchmarks/onnx_involution_candidates.json``).
+tiles and the output cropped. This form was chosen by measurement in onnxruntime and
+OpenVINO at RedNet-50's shapes against K*K shifted Slice + Mul + Add (the previous
+translation), unfold-style gathers, ONNX DeformConv and other band layouts and tile sizes
+(``benchmarks/onnx_involution_candidates.json``).
 Only the standard domain is used, so onnxruntime, OpenVINO and TensorRT read the graph
 without plugins. Every size stays symbolic: pads, gather indices, slices and reshapes take
 their sizes from ``Shape``, so batch and spatial sizes can be dynamic.
