@@ -48,32 +48,37 @@ def _assert_parity(module, path, shapes):
 
 
 class InvolutionOp(torch.nn.Module):
-    def __init__(self, kernel_size, stride, dilation):
+    def __init__(self, kernel_size, stride, dilation, padding=None):
         super().__init__()
-        self.hyper = (kernel_size, stride, dilation)
+        self.hyper = (kernel_size, stride, dilation, padding)
 
     def forward(self, x, weight):
         return involution(x, weight, *self.hyper)
 
 
-@pytest.mark.parametrize('kernel_size,stride,dilation', [(7, 1, 1), (7, 2, 1), (3, 2, 3)],
-                         ids=['k7', 'k7_s2', 'k3_s2_d3'])
+@pytest.mark.parametrize(
+    'kernel_size,stride,dilation,padding',
+    [(7, 1, 1, None), (7, 2, 1, None), (5, 1, 2, None), (7, 2, 2, 4), (3, 2, 3, None)],
+    ids=['k7', 'k7_s2', 'k5_d2', 'k7_s2_d2_p4', 'k3_s2_d3'])
 def test_op_translation_matches_the_op_at_other_sizes(tmp_path, kernel_size, stride,
-                                                      dilation):
+                                                      dilation, padding):
+    """The banded-MatMul translation at widths that leave a partial last tile (10, 16 at
+    stride 1), one narrower than a tile (5), odd sizes with stride 2, dilation and a padding
+    other than the default."""
     channels, groups = 8, 2
     h, w = 13, 10
+    pad = dilation * (kernel_size - 1) // 2 if padding is None else padding
 
     def inputs(b, h, w):
-        ho = (h - 1) // stride + 1
-        wo = (w - 1) // stride + 1
+        ho, wo = ((n + 2 * pad - dilation * (kernel_size - 1) - 1) // stride + 1 for n in (h, w))
         return (torch.randn(b, channels, h, w),
                 torch.randn(b, groups, kernel_size, kernel_size, ho, wo))
 
     path = str(tmp_path / 'op.onnx')
     auto = torch.export.Dim.AUTO
     with torch.no_grad():
-        torch.onnx.export(InvolutionOp(kernel_size, stride, dilation), inputs(2, h, w),
-                          path, dynamo=True, opset_version=deploy.ONNX_OPSET,
+        torch.onnx.export(InvolutionOp(kernel_size, stride, dilation, padding),
+                          inputs(2, h, w), path, dynamo=True, opset_version=deploy.ONNX_OPSET,
                           custom_translation_table=deploy.custom_translation_table(),
                           dynamic_shapes=({0: auto, 2: auto, 3: auto},
                                           {0: auto, 4: auto, 5: auto}), optimize=False)
@@ -85,7 +90,7 @@ def test_op_translation_matches_the_op_at_other_sizes(tmp_path, kernel_size, str
     for b, hh, ww in [(2, h, w), (1, 9, 16), (3, 17, 5)]:  # odd sizes with stride 2
         x, weight = inputs(b, hh, ww)
         out = session.run(None, dict(zip(names, (x.numpy(), weight.numpy()))))[0]
-        expected = involution(x, weight, kernel_size, stride, dilation).numpy()
+        expected = involution(x, weight, kernel_size, stride, dilation, padding).numpy()
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
