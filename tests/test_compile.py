@@ -57,8 +57,7 @@ def _assert_close_at_scale(actual, expected, what, rel=1e-5):
 @pytest.mark.slow  # compiles a small RedNet's forward and backward with inductor
 def test_compiled_training_is_one_graph_with_the_eager_results():
     """Also: compiled, each chain is its two ops (forward, backward), as in eager mode, so
-    the compiler neither saves nor recomputes more than the eager chain, and the BNs outside
-    the chains are one-stage chains (ATen's batch-norm kernels); the only
+    the compiler neither saves nor recomputes more than the eager chain; the only
     convolution in inductor's graphs is the stem's first 3x3 conv (the second closes a
     chain), forward and backward."""
     eager = _small_rednet().train()
@@ -74,7 +73,7 @@ def test_compiled_training_is_one_graph_with_the_eager_results():
     with inductor_config.patch(post_grad_custom_post_pass=count_ops, fx_graph_cache=False), \
             functorch_config.patch(enable_autograd_cache=False):
         actual = _train_step(compiled, twin, x)
-    chains = 2 + 3 + 3 + 2  # the stem's two; per bottleneck one and bn3; two shortcut BNs
+    chains = 2 + 3  # the stem's two, one per bottleneck
     assert ops[torch.ops.involution_mm.recomputed_chain.default] == chains
     assert ops[torch.ops.involution_mm.recomputed_chain_backward.default] == chains
     assert ops[torch.ops.aten.convolution.default] == 1

@@ -361,14 +361,6 @@ def make_chain(modules, x):
     return chain
 
 
-def norm_forward(norm, x):
-    """``norm(x)``, a BN in training as a one-stage chain: ATen's batch-norm kernels forward
-    and backward, as the module has in eager mode, and under torch.compile too, whose own
-    batch-norm reductions are slower on NCHW CPU tensors."""
-    chain = make_chain([norm], x)
-    return norm(x) if chain is None else chain(x)
-
-
 def involution_stages(module):
     """Chain stages of an :class:`~involution_mm.ops.Involution`: the op on its input with
     the kernel from its branch (pool, ConvModule, ConvModule); None where the branch cannot

@@ -15,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...ops import Involution
 from ...ops.pointwise import (_without_hooks, conv_norm_act, eager_cpu_inference,
                               inference_scale_shift, pointwise_conv)
-from ...ops.recompute import make_chain, norm_forward
+from ...ops.recompute import make_chain
 from ...registry import MODELS
 
 def _is_pos_int(value):
@@ -110,8 +110,6 @@ class Bottleneck(nn.Module):
         *pooling, conv, norm = self.downsample
         for layer in pooling:
             x = layer(x)
-        if torch.is_grad_enabled():
-            return norm_forward(norm, pointwise_conv(x, conv))
         return conv_norm_act(x, conv, norm)
 
     def _inner_forward(self, x):
@@ -120,7 +118,7 @@ class Bottleneck(nn.Module):
                            x) if self.recompute_activations else None
         if chain is not None:
             out = chain(pointwise_conv(x, self.conv1))
-            return self.relu(norm_forward(self.bn3, out) + identity)
+            return self.relu(self.bn3(out) + identity)
         out = conv_norm_act(x, self.conv1, self.bn1, self.relu)
         out = self.relu(self.bn2(self.conv2(out)))
         return conv_norm_act(out, self.conv3, self.bn3, self.relu, residual=identity)
