@@ -463,10 +463,11 @@ def main(argv=None):
             name: measure_memory(name, scenario, args) / 2 ** 20 for name in models}
         trains_backbone = (scenario != 'mask_rcnn_train'
                            and backbone_scenario(scenario)[0] == 'train')
-        # compiled: at the scenario's batch size, whose graphs inductor has cached by now
-        saved = {name: saved_for_backward_mib(
-            name, args, *((backbone_scenario(scenario)[1], True) if compiled else ()))
-            for name in models} if trains_backbone else {}
+        saved = {}
+        if trains_backbone:
+            # compiled: at the scenario's batch size, whose graphs inductor has cached by now
+            how = dict(batch=backbone_scenario(scenario)[1], compiled=True) if compiled else {}
+            saved = {name: saved_for_backward_mib(name, args, **how) for name in models}
         results[scenario] = {'time_ms': {k: times[k] * 1e3 for k in models},
                              'ratios': ratios(scenario, times, memory, saved)}
         if compiled:

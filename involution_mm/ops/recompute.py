@@ -182,15 +182,17 @@ def _chain_key(stages, tensors):
     return repr((tuple(stages), tuple(t is not None for t in tensors)))
 
 
-def _all_tensors(present_tensors, key):
-    """The chain's tensors in stage order, None where absent (see :func:`_chain_key`)."""
+def _all_tensors(present_tensors, present):
+    """The chain's tensors in stage order, None where ``present`` (of the key, see
+    :func:`_chain_key`) says absent."""
     given = iter(present_tensors)
-    return [next(given) if here else None for here in _parse_key(key)[1]]
+    return [next(given) if here else None for here in present]
 
 
 def _chain_forward(x, tensors, key):
-    run = _Pass(_all_tensors(tensors, key))
-    out = run.run(_parse_key(key)[0], x)
+    stages, present = _parse_key(key)
+    run = _Pass(_all_tensors(tensors, present))
+    out = run.run(stages, x)
     return [out, *[t for stats in run.new_stats for t in stats]]
 
 
@@ -221,11 +223,11 @@ def recomputed_chain_backward(grad: torch.Tensor, x: torch.Tensor,
     stages recomputed from ``x`` and ``stats`` (mean and inverse deviation of each BN), each
     stage's derivative applied in reverse. A tensor whose ``needs_grad`` is false gets an
     empty placeholder."""
-    all_tensors = _all_tensors(tensors, key)
-    present = _parse_key(key)[1]
+    stages, present = _parse_key(key)
     needs = iter(needs_grad)
-    run = _Pass(all_tensors, stats, needs_grad=[here and next(needs) for here in present])
-    run.run(_parse_key(key)[0], x, need_output=False)
+    run = _Pass(_all_tensors(tensors, present), stats,
+                needs_grad=[here and next(needs) for here in present])
+    run.run(stages, x, need_output=False)
     while run.records:  # popped, so each stage's recomputed tensors go once used
         grad = run.records.pop()(grad)
     grads = [g for g, here in zip(run.grads, present) if here]
