@@ -15,6 +15,7 @@ from torch._inductor import config as inductor_config
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from involution_mm.models import RedNet
+from involution_mm.models.backbones.rednet import Bottleneck
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -85,6 +86,45 @@ def test_compiled_training_is_one_graph_with_the_eager_results():
                 _assert_close_at_scale(a, e, f'output {i}')
         else:
             _assert_close_at_scale(actual[what], expected[what], what)
+
+
+def _saved_activations(forward, model, x):
+    """The tensors (one per storage, parameters left out) that a forward of ``model`` by
+    ``forward`` saves for backward, and the gradients of its parameters and ``x``."""
+    own = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in own:
+            saved[tensor.untyped_storage().data_ptr()] = tensor
+        return tensor
+    x = x.detach().clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = forward(x)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    return list(saved.values()), dict(x_grad=x.grad, **grads)
+
+
+@pytest.mark.slow  # compiles two bottlenecks' forward and backward with inductor
+def test_compiled_blocks_keep_a_relu_output_that_a_1x1_conv_reads_not_its_mask():
+    """The first block's output (a ReLU's), which the second block's 1x1 convs read, is saved
+    itself as in eager mode; compiled, only the last ReLU, whose output nothing else keeps,
+    saves a mask. No more bytes than eager mode, the eager gradients."""
+    torch.manual_seed(0)
+    eager = nn.Sequential(Bottleneck(64, 64), Bottleneck(64, 64)).train()
+    for m in eager.modules():
+        if isinstance(m, _BatchNorm):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+    twin = copy.deepcopy(eager)
+    x = torch.randn(2, 64, 12, 10)
+    eager_saved, expected = _saved_activations(eager, eager, x)
+    saved, actual = _saved_activations(torch.compile(twin, fullgraph=True), twin, x)
+    assert sum(t.dtype == torch.bool for t in saved) <= 1
+    assert (sum(t.untyped_storage().nbytes() for t in saved)
+            <= sum(t.untyped_storage().nbytes() for t in eager_saved))
+    for what in expected:
+        _assert_close_at_scale(actual[what], expected[what], what)
 
 
 @pytest.mark.slow

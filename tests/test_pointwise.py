@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 
 from involution_mm.ops.pointwise import (_folds_batch, conv1x1, conv1x1_backward,
-                                         conv_module_forward, conv_norm_act, pointwise_conv)
+                                         conv_module_forward, conv_norm_act, pointwise_conv,
+                                         pointwise_conv_backward)
 
 # (B, C, H, W, O): per-image GEMMs, and the batch folded into one GEMM (many channels, few
 # pixels, as at RedNet's last stage)
@@ -141,6 +142,17 @@ def test_pointwise_conv_keeps_its_input_not_a_copy(shape, stride):
     expected = torch.autograd.grad(conv(x).sum(), (x, conv.weight, conv.bias))
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize('stride', [(1, 1), (2, 1)])
+@pytest.mark.parametrize('mask', [(True, True, True), (False, True, False)])
+def test_backward_op_agrees_with_its_fake_kernel(stride, mask):
+    """The op torch.compile calls as it is: its fake kernel's shapes and dtypes (empty
+    placeholders where the mask is false) are the real ones."""
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    weight = torch.randn(3, 6, 1, 1, dtype=torch.float64)
+    grad = torch.randn(2, 3, *x[:, :, ::stride[0], ::stride[1]].shape[2:], dtype=torch.float64)
+    torch.library.opcheck(pointwise_conv_backward, (grad, x, weight, stride, mask))
 
 
 def test_pointwise_conv_under_autocast_gives_float32_gradients():

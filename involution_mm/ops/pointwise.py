@@ -12,6 +12,7 @@ residual add and the ReLU are applied to each tile of the GEMM's output while it
 (:func:`conv_norm_act`), instead of as three more passes over the whole output.
 """
 import functools
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
@@ -107,6 +108,42 @@ def _every_stride_th_pixel(x, stride):
     return x if stride == (1, 1) else x[:, :, ::stride[0], ::stride[1]].contiguous()
 
 
+@torch.library.custom_op('involution_mm::pointwise_conv_backward', mutates_args=())
+def pointwise_conv_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                            stride: Sequence[int], output_mask: Sequence[bool]
+                            ) -> List[torch.Tensor]:
+    """``[grad_x, grad_weight, grad_bias]`` of the 1x1 conv of every ``stride``-th pixel of
+    ``x`` (:func:`conv1x1_backward`, in ``grad_output``'s dtype, returned in those of ``x``
+    and ``weight``); an empty placeholder where ``output_mask`` is false.
+
+    An op of its own so that under torch.compile the backward reads ``x`` itself, as
+    ``convolution_backward`` does: traced, its GEMMs read views of ``x``, which AOTAutograd's
+    partitioner may save instead of ``x``, and then it also saves the mask of the ReLU that
+    made ``x``, which it would otherwise recompute from ``x``."""
+    stride = tuple(stride)
+    dtype = grad_output.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        grad_x, grad_weight, grad_bias = conv1x1_backward(
+            grad_output.contiguous(), _every_stride_th_pixel(x, stride).to(dtype),
+            weight.to(dtype), list(output_mask))
+    if grad_x is not None:
+        if stride != (1, 1):
+            full = grad_x.new_zeros(x.shape)
+            full[:, :, ::stride[0], ::stride[1]] = grad_x
+            grad_x = full
+        grad_x = grad_x.to(x.dtype)
+    grads = (grad_x, grad_weight, grad_bias)
+    dtypes = (x.dtype, weight.dtype, weight.dtype)
+    return [x.new_empty(0, dtype=d) if g is None else g.to(d) for g, d in zip(grads, dtypes)]
+
+
+@pointwise_conv_backward.register_fake
+def _(grad_output, x, weight, stride, output_mask):
+    shapes = (x.shape, weight.shape, weight.shape[:1])
+    return [x.new_empty(shape if needed else 0, dtype=dtype) for shape, needed, dtype in
+            zip(shapes, output_mask, (x.dtype, weight.dtype, weight.dtype))]
+
+
 class _Conv1x1(torch.autograd.Function):
     """:func:`conv1x1` of every stride-th pixel of ``x`` that keeps ``x`` itself for
     backward. Autograd through the GEMMs would keep their operands instead: the strided
@@ -125,24 +162,10 @@ class _Conv1x1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
-        dtype = ctx.dtype
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                 ctx.needs_input_grad[2] and ctx.has_bias]
-        with torch.autocast(x.device.type, enabled=False):
-            grad_x, grad_weight, grad_bias = conv1x1_backward(
-                grad_output.to(dtype).contiguous(),
-                _every_stride_th_pixel(x, ctx.stride).to(dtype), weight.to(dtype), mask)
-        if grad_x is not None:
-            if ctx.stride != (1, 1):
-                full = grad_x.new_zeros(x.shape)
-                full[:, :, ::ctx.stride[0], ::ctx.stride[1]] = grad_x
-                grad_x = full
-            grad_x = grad_x.to(x.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        if grad_bias is not None:
-            grad_bias = grad_bias.to(weight.dtype)
-        return grad_x, grad_weight, grad_bias, None
+        grads = pointwise_conv_backward(grad_output.to(ctx.dtype), x, weight, ctx.stride, mask)
+        return (*[g if needed else None for g, needed in zip(grads, mask)], None)
 
 
 def pointwise_conv(x, conv):
