@@ -158,3 +158,20 @@ def test_compiled_scenarios_time_each_model_compiled_and_eager(tools):
         'rednet50_eager': ('rednet50', 'train_bs8'), 'resnet50_eager': ('resnet50', 'train_bs8')}
     assert tool.scenario_methods('infer_bs1', args) == {
         'rednet50': ('rednet50', 'infer_bs1'), 'resnet50': ('resnet50', 'infer_bs1')}
+
+
+def test_saved_for_backward_tool_writes_each_mode_batch_and_ratio(tmp_path, tools):
+    out = tmp_path / 'saved.json'
+    result = tools.run_tool(['tools/saved_for_backward.py', '--models', 'rednet26', 'resnet50',
+                             '--batches', '1', '2', '--modes', 'eager', '--image-size', '64',
+                             '--out', str(out)], timeout=600)
+    assert result.returncode == 0, result.stdout
+    data = json.loads(out.read_text())
+    assert data['command'].endswith(f'--out {out}') and data['machine']['cpu']
+    saved = data['saved_for_backward_mib']['eager']
+    assert set(saved) == {'1', '2'} and set(saved['2']) == {'rednet26', 'resnet50'}
+    assert 0 < saved['2']['rednet26'] < saved['2']['resnet50']
+    assert [(r['batch'], r['rednet'], r['resnet']) for r in data['ratios']] == [
+        (1, 'rednet26', 'resnet50'), (2, 'rednet26', 'resnet50')]
+    assert data['ratios'][1]['ratio'] == pytest.approx(
+        saved['2']['rednet26'] / saved['2']['resnet50'])
