@@ -7,6 +7,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from involution_mm.models import RedNet
 from involution_mm.models.backbones.rednet import Bottleneck
 from involution_mm.ops import Involution
+from involution_mm.ops.pooling import max_pool
 
 DEPTHS = (26, 38, 50, 101, 152)
 STAGE_BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
@@ -158,6 +159,30 @@ def test_frozen_stages():
     for k, v in stats.items():
         same = torch.equal(v, after[k])
         assert same == k.startswith(('stem.', 'layer1.', 'layer2.')), k
+
+
+@pytest.mark.parametrize('with_hook', [False, True])
+def test_plain_stem_pools_as_the_nchw_max_pool(with_hook, monkeypatch):
+    """A frozen stem in training on an image batch (the detection configs'; no chain applies,
+    nothing needs the stem's gradients) pools through ops.pooling.max_pool (channels_last):
+    the outputs are bitwise those of the NCHW nn.MaxPool2d; with a hook on the pool, the pool
+    itself runs and the hook sees the call."""
+    import involution_mm.models.backbones.rednet as rednet
+    routed = []
+    monkeypatch.setattr(rednet, 'max_pool', lambda *args: routed.append(1) or max_pool(*args))
+    torch.manual_seed(0)
+    model = RedNet(26, frozen_stages=1, norm_eval=True, out_indices=(0, 3)).train()
+    calls = []
+    if with_hook:
+        model.maxpool.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(2, 3, 67, 61)
+    out = model(x)
+    assert len(routed) == (0 if with_hook else 1)
+    expected = [model.maxpool(model.stem(x))]
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        expected.append(layer(expected[-1]))
+    assert torch.equal(out[0], expected[1]) and torch.equal(out[1], expected[4])
+    assert len(calls) == (2 if with_hook else 0)
 
 
 def test_norm_eval():

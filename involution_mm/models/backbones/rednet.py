@@ -13,6 +13,7 @@ from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
+from ...ops.pooling import max_pool
 from ...ops.pointwise import (_without_hooks, conv_norm_act, eager_cpu_inference,
                               inference_scale_shift, pointwise_conv)
 from ...ops.recompute import make_chain
@@ -451,13 +452,25 @@ class RedNet(BaseModule):
         x = last_conv(relu(norm(involution(x))))
         return self.maxpool(x).contiguous(memory_format=layout)
 
+    def _pool(self, x):
+        """``self.maxpool(x)`` after a stem that no chain runs (a frozen one); in eager mode,
+        for a plain nn.MaxPool2d without hooks, through
+        :func:`~involution_mm.ops.pooling.max_pool` (channels_last on CPU). Compiled or
+        exported graphs keep the plain pool and choose layouts themselves."""
+        pool = self.maxpool
+        if (type(pool) is not nn.MaxPool2d or not _without_hooks(pool) or pool.return_indices
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            return pool(x)
+        return max_pool(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
+                        pool.ceil_mode)
+
     def forward(self, x):
         stem = self._stem_chains(x)
         if stem is not None:
             x = stem(x)
         else:
             inferred = self._stem_inference(x)
-            x = inferred if inferred is not None else self.maxpool(self.stem(x))
+            x = inferred if inferred is not None else self._pool(self.stem(x))
         outs = []
         for i, layer_name in enumerate(self.res_layers):
             x = getattr(self, layer_name)(x)
