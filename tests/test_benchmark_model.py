@@ -175,3 +175,13 @@ def test_saved_for_backward_tool_writes_each_mode_batch_and_ratio(tmp_path, tool
         (1, 'rednet26', 'resnet50'), (2, 'rednet26', 'resnet50')]
     assert data['ratios'][1]['ratio'] == pytest.approx(
         saved['2']['rednet26'] / saved['2']['resnet50'])
+
+
+@pytest.mark.parametrize('option,message', [
+    (['--batches', '2', '0'], '--batches must be positive'),
+    (['--threads', '0'], '--threads must be positive'),
+    (['--image-size', '16'], '--image-size must be at least 32')])
+def test_saved_for_backward_tool_refuses_bad_options(tools, option, message):
+    result = tools.run_tool(['tools/saved_for_backward.py', '--modes', 'eager', *option],
+                            timeout=300)
+    assert result.returncode == 2 and message in result.stdout, result.stdout

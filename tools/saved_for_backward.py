@@ -35,6 +35,9 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if min(args.batches) < 1:
         parser.error('--batches must be positive')
+    # benchmark_model's models at that size and thread count, and its checks of both
+    args.model_args = benchmark_model.parse_args(['--image-size', str(args.image_size),
+                                                  '--threads', str(args.threads)])
     return args
 
 
@@ -43,14 +46,13 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     from mmengine.logging import MMLogger
     MMLogger.get_instance('mmengine').setLevel('WARNING')  # init_weights logs every tensor
-    model_args = benchmark_model.parse_args(['--image-size', str(args.image_size)])
     results, ratios = {}, []
     for mode in args.modes:
         for batch in args.batches:
             saved = {}
             for name in args.models:
                 saved[name] = benchmark_model.saved_for_backward_mib(
-                    name, model_args, batch=batch, compiled=mode == 'compiled')
+                    name, args.model_args, batch=batch, compiled=mode == 'compiled')
                 torch._dynamo.reset()
                 print(mode, f'batch {batch}', name, f'{saved[name]:.2f} MiB per image',
                       flush=True)
@@ -61,7 +63,7 @@ def main(argv=None):
                        if red in saved and res in saved]
     out = {
         'command': ' '.join([os.path.basename(sys.executable)] + sys.argv),
-        'machine': machine_info('cpu'), 'resnet': model_args.resnet,
+        'machine': machine_info('cpu'), 'resnet': args.model_args.resnet,
         'image_size': args.image_size,
         'notes': 'saved_for_backward_mib per image: bytes of the distinct storages a training '
                  'forward (every BN on batch statistics) saves for backward, parameters and '

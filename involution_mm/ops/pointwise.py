@@ -126,12 +126,10 @@ def pointwise_conv_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: 
         grad_x, grad_weight, grad_bias = conv1x1_backward(
             grad_output.contiguous(), _every_stride_th_pixel(x, stride).to(dtype),
             weight.to(dtype), list(output_mask))
-    if grad_x is not None:
-        if stride != (1, 1):
-            full = grad_x.new_zeros(x.shape)
-            full[:, :, ::stride[0], ::stride[1]] = grad_x
-            grad_x = full
-        grad_x = grad_x.to(x.dtype)
+    if grad_x is not None and stride != (1, 1):
+        full = grad_x.new_zeros(x.shape)
+        full[:, :, ::stride[0], ::stride[1]] = grad_x
+        grad_x = full
     grads = (grad_x, grad_weight, grad_bias)
     dtypes = (x.dtype, weight.dtype, weight.dtype)
     return [x.new_empty(0, dtype=d) if g is None else g.to(d) for g, d in zip(grads, dtypes)]

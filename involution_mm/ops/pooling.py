@@ -53,9 +53,11 @@ def max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, return_indice
     plane's windows: the two copies cost less than the NCHW pool. Values and indices (flat
     positions within a plane, whatever the layout) are the NCHW pool's; the output is NCHW,
     the indices stay channels_last, which ``max_pool2d_with_indices_backward`` takes with
-    an NCHW gradient.
+    an NCHW gradient. Compiled and exported graphs get the plain call: they choose layouts
+    themselves.
     """
-    if not (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous()):
+    if not (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous()
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()):
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
                             return_indices=return_indices)
     pooled = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel_size, stride,

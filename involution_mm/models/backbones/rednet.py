@@ -453,13 +453,11 @@ class RedNet(BaseModule):
         return self.maxpool(x).contiguous(memory_format=layout)
 
     def _pool(self, x):
-        """``self.maxpool(x)`` after a stem that no chain runs (a frozen one); in eager mode,
-        for a plain nn.MaxPool2d without hooks, through
-        :func:`~involution_mm.ops.pooling.max_pool` (channels_last on CPU). Compiled or
-        exported graphs keep the plain pool and choose layouts themselves."""
+        """``self.maxpool(x)`` after a stem that no chain runs (a frozen one); for a plain
+        nn.MaxPool2d without hooks, through :func:`~involution_mm.ops.pooling.max_pool`
+        (channels_last on CPU in eager mode)."""
         pool = self.maxpool
-        if (type(pool) is not nn.MaxPool2d or not _without_hooks(pool) or pool.return_indices
-                or torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        if type(pool) is not nn.MaxPool2d or not _without_hooks(pool) or pool.return_indices:
             return pool(x)
         return max_pool(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation,
                         pool.ceil_mode)
