@@ -169,9 +169,11 @@ def test_pointwise_conv_under_autocast_gives_float32_gradients():
         torch.testing.assert_close(g, e, atol=0.05, rtol=0.02)
 
 
-# (B, C, H, W, O): one tile per image; many tiles per image with a partial last one (few
-# output channels give wide tiles, so 150x150 pixels need several)
-EPILOGUE_SHAPES = {'one_tile': (2, 12, 5, 7, 20), 'tiles': (2, 3, 150, 150, 4)}
+# (B, C, H, W, O): one tile per image; tiles of pixels with a partial last one (few output
+# channels give wide tiles, so 150x150 pixels need several); tiles of output channels (more
+# channels than pixels) with a partial last one, at batch 1
+EPILOGUE_SHAPES = {'one_tile': (2, 12, 5, 7, 20), 'tiles': (2, 3, 150, 150, 4),
+                   'channel_tiles': (1, 8, 3, 3, 8010)}
 
 
 @pytest.mark.parametrize('shape', EPILOGUE_SHAPES)

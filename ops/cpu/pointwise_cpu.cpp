@@ -34,6 +34,44 @@ struct Gemm {
   int64_t pixels, in_channels, out_channels;
 };
 
+// Output rows [o, o + m) x pixels [j, j + n) of one image.
+struct Tile {
+  int64_t o, m, j, n;
+};
+
+// The tiles of an image split its pixels, or, where the weight (O x C) is larger than the
+// image's input (C x P), as in the deep stages at small batch, its output channels: each
+// tile's GEMM reads its rows of the weight and its columns of the input, so the larger
+// operand is then read once per image instead of once per tile. Tiles are of one size (a
+// multiple of 16; the last may be smaller), and at least one per thread over the batch.
+class ImageTiles {
+ public:
+  ImageTiles(const Gemm& g, int64_t batch)
+      : g_(g), split_channels_(g.out_channels > g.pixels),
+        extent_(split_channels_ ? g.out_channels : g.pixels) {
+    const int64_t other = split_channels_ ? g.pixels : g.out_channels;
+    int64_t count = ceil_div(extent_, std::max<int64_t>(16, kTileElements / other));
+    count = std::max(count, ceil_div(at::get_num_threads(), batch));
+    step_ = std::min(extent_, ceil_div(ceil_div(extent_, count), 16) * 16);
+    count_ = ceil_div(extent_, step_);
+  }
+
+  int64_t count() const { return count_; }
+
+  Tile operator()(int64_t index) const {
+    const int64_t start = index * step_, size = std::min(step_, extent_ - start);
+    return split_channels_ ? Tile{start, size, 0, g_.pixels}
+                           : Tile{0, g_.out_channels, start, size};
+  }
+
+ private:
+  static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+  Gemm g_;
+  bool split_channels_;
+  int64_t extent_, step_, count_;
+};
+
 #if AT_BUILD_WITH_BLAS()
 void blas_gemm(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c,
                int ldc) {
@@ -47,21 +85,25 @@ void blas_gemm(int m, int n, int k, const double* a, int lda, const double* b, i
 }
 #endif
 
-// out[b, :, j:j+n] = weight @ input[b, :, j:j+n]: (O, C) x (C, P) in row-major terms, i.e. the
-// column-major product input^T (P, C) x weight^T (C, O) with leading dims P and C.
+// out[b, o:o+m, j:j+n] = weight[o:o+m] @ input[b, :, j:j+n]: (m, C) x (C, n) in row-major
+// terms, i.e. the column-major product input^T (n, C) x weight^T (C, m) with leading dims P and
+// C, written with leading dim P.
 template <typename T>
 void tile_gemm(const Gemm& g, const at::Tensor& input, const at::Tensor& weight_matrix,
-               at::Tensor& out, int64_t b, int64_t j, int64_t n) {
+               at::Tensor& out, int64_t b, const Tile& t) {
 #if AT_BUILD_WITH_BLAS()
   const int64_t image_in = b * g.in_channels * g.pixels, image_out = b * g.out_channels * g.pixels;
-  blas_gemm(static_cast<int>(n), static_cast<int>(g.out_channels),
-            static_cast<int>(g.in_channels), input.const_data_ptr<T>() + image_in + j,
-            static_cast<int>(g.pixels), weight_matrix.const_data_ptr<T>(),
-            static_cast<int>(g.in_channels), out.mutable_data_ptr<T>() + image_out + j,
+  blas_gemm(static_cast<int>(t.n), static_cast<int>(t.m), static_cast<int>(g.in_channels),
+            input.const_data_ptr<T>() + image_in + t.j, static_cast<int>(g.pixels),
+            weight_matrix.const_data_ptr<T>() + t.o * g.in_channels,
+            static_cast<int>(g.in_channels),
+            out.mutable_data_ptr<T>() + image_out + t.o * g.pixels + t.j,
             static_cast<int>(g.pixels));
 #else
-  at::Tensor tile = out.select(0, b).view({g.out_channels, g.pixels}).narrow(1, j, n);
-  at::mm_out(tile, weight_matrix, input.select(0, b).view({g.in_channels, g.pixels}).narrow(1, j, n));
+  at::Tensor tile =
+      out.select(0, b).view({g.out_channels, g.pixels}).narrow(0, t.o, t.m).narrow(1, t.j, t.n);
+  at::mm_out(tile, weight_matrix.narrow(0, t.o, t.m),
+             input.select(0, b).view({g.in_channels, g.pixels}).narrow(1, t.j, t.n));
 #endif
 }
 
@@ -77,8 +119,9 @@ void epilogue_row(T* row, const T* residual, T scale, T shift, int64_t n) {
 
 template <typename T>
 void epilogue(const Gemm& g, T* out, const T* residual, const T* scale, const T* shift,
-              bool relu, int64_t j, int64_t n) {
-  for (int64_t o = 0; o < g.out_channels; ++o) {
+              bool relu, const Tile& tile) {
+  const int64_t j = tile.j, n = tile.n;
+  for (int64_t o = tile.o; o < tile.o + tile.m; ++o) {
     T* row = out + o * g.pixels + j;
     const T* res = residual ? residual + o * g.pixels + j : nullptr;
     const T s = scale ? scale[o] : T(1);
@@ -147,9 +190,8 @@ at::Tensor conv1x1_epilogue(const at::Tensor& input, const at::Tensor& weight,
   const at::Tensor r = residual ? residual->contiguous() : at::Tensor();
   at::Tensor out = at::empty(out_size, x.options());
   if (out.numel() == 0) return out;
-  int64_t columns = std::max<int64_t>(16, kTileElements / out_channels);
-  columns = std::min(g.pixels, (columns + 15) / 16 * 16);
-  const int64_t tiles_per_image = (g.pixels + columns - 1) / columns;
+  const ImageTiles tiles(g, batch);
+  const int64_t tiles_per_image = tiles.count();
   const at::Tensor weight_matrix = w.view({out_channels, channels});
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv1x1_epilogue", [&] {
     const scalar_t* sp = s.defined() ? s.const_data_ptr<scalar_t>() : nullptr;
@@ -157,14 +199,13 @@ at::Tensor conv1x1_epilogue(const at::Tensor& input, const at::Tensor& weight,
     const scalar_t* rp = r.defined() ? r.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, batch * tiles_per_image, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t tile = begin; tile < end; ++tile) {
-        const int64_t b = tile / tiles_per_image;
-        const int64_t j = (tile % tiles_per_image) * columns;
-        const int64_t n = std::min(columns, g.pixels - j);
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t b = index / tiles_per_image;
+        const Tile tile = tiles(index % tiles_per_image);
         scalar_t* out_image = op + b * out_channels * g.pixels;
-        tile_gemm<scalar_t>(g, x, weight_matrix, out, b, j, n);
+        tile_gemm<scalar_t>(g, x, weight_matrix, out, b, tile);
         epilogue(g, out_image, rp ? rp + b * out_channels * g.pixels : nullptr, sp, tp, relu,
-                 j, n);
+                 tile);
       }
     });
   });
