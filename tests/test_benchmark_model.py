@@ -85,6 +85,9 @@ def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
     (['--scenarios', 'infer_bs0'], "unknown scenario 'infer_bs0'"),
     (['--scenarios', 'infer'], "unknown scenario 'infer'"),
     (['--amp', 'float16', '--scenarios', 'mask_rcnn_train'], 'needs --device cuda'),
+    (['--amp', 'float16', '--scenarios', 'mask_rcnn_train_compiled'], 'needs --device cuda'),
+    (['--scenarios', 'mask_rcnn_train_fused'], "unknown scenario 'mask_rcnn_train_fused'"),
+    (['--scenarios', 'mask_rcnn_infer'], "unknown scenario 'mask_rcnn_infer'"),
     (['--det-size', '16'], '--det-size at least 64'),
     (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
     (['--threads', '0'], '--threads must be positive'),
@@ -158,6 +161,26 @@ def test_compiled_scenarios_time_each_model_compiled_and_eager(tools):
         'rednet50_eager': ('rednet50', 'train_bs8'), 'resnet50_eager': ('resnet50', 'train_bs8')}
     assert tool.scenario_methods('infer_bs1', args) == {
         'rednet50': ('rednet50', 'infer_bs1'), 'resnet50': ('resnet50', 'infer_bs1')}
+    assert tool.scenario_methods('mask_rcnn_train_compiled', args) == {
+        'mask_rcnn_rednet50': ('mask_rcnn_rednet50', 'mask_rcnn_train_compiled'),
+        'mask_rcnn_resnet50': ('mask_rcnn_resnet50', 'mask_rcnn_train_compiled'),
+        'mask_rcnn_rednet50_eager': ('mask_rcnn_rednet50', 'mask_rcnn_train'),
+        'mask_rcnn_resnet50_eager': ('mask_rcnn_resnet50', 'mask_rcnn_train')}
+
+
+def test_compiled_detector_compiles_backbone_and_neck_only(tools):
+    tool = _load_tool(tools.ROOT)
+    args = tool.parse_args(['--scenarios', 'mask_rcnn_train_compiled', '--det-size', '64'])
+    compiled = tool.training_detector('mask_rcnn_rednet50', 'mask_rcnn_train_compiled', args)
+    eager = tool.training_detector('mask_rcnn_rednet50', 'mask_rcnn_train', args)
+    assert compiled.training
+    # nn.Module.compile keeps the module (and its state_dict keys), compiling its __call__
+    assert compiled.backbone._compiled_call_impl is not None
+    assert compiled.neck._compiled_call_impl is not None
+    assert compiled.rpn_head._compiled_call_impl is None
+    assert compiled.roi_head._compiled_call_impl is None
+    assert eager.backbone._compiled_call_impl is None
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
 
 
 def test_saved_for_backward_tool_writes_each_mode_batch_and_ratio(tmp_path, tools):

@@ -20,12 +20,12 @@ from involution_mm.models.backbones.rednet import Bottleneck
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-def _small_rednet():
+def _small_rednet(**kwargs):
     """Stem (both chains), a stage of one block and a stride-2 stage of two blocks
     (downsample, stride-2 involution): every kind of chain RedNet builds, in little time."""
     torch.manual_seed(0)
     model = RedNet(26, num_stages=2, strides=(1, 2), dilations=(1, 1), out_indices=(0, 1),
-                   stem_channels=32, base_channels=16, stem_kernel_size=7)
+                   stem_channels=32, base_channels=16, stem_kernel_size=7, **kwargs)
     model.init_weights()
     for m in model.modules():  # away from 1 and 0 (bn3 is zero-initialised): every branch
         if isinstance(m, _BatchNorm):  # carries gradient
@@ -81,6 +81,27 @@ def test_compiled_training_is_one_graph_with_the_eager_results():
     assert ops[torch.ops.aten.convolution_backward.default] == 1
     assert actual.keys() == expected.keys()
     for what in expected:  # outputs, gradients, BN statistics (updated once per step)
+        if what == 'outs':
+            for i, (a, e) in enumerate(zip(actual[what], expected[what])):
+                _assert_close_at_scale(a, e, f'output {i}')
+        else:
+            _assert_close_at_scale(actual[what], expected[what], what)
+
+
+@pytest.mark.slow  # compiles a small RedNet's forward and backward with inductor
+def test_compiled_detection_backbone_with_frozen_stem_and_eval_norms_is_eager():
+    """The detection configs' backbone in training (stem and first stage frozen, every BN in
+    eval mode), compiled in place as tools/benchmark_model.py's mask_rcnn_train_compiled
+    compiles it: the eager outputs and gradients, none for the frozen parameters."""
+    eager = _small_rednet(frozen_stages=1, norm_eval=True).train()
+    twin = copy.deepcopy(eager)
+    twin.compile(fullgraph=True)  # raises on a graph break
+    x = torch.randn(2, 3, 64, 48)
+    expected, actual = _train_step(eager, eager, x), _train_step(twin, twin, x)
+    frozen = {what for what, value in expected.items() if value is None}
+    assert frozen and frozen == {what for what, value in actual.items() if value is None}
+    assert all(name.startswith(('stem.', 'layer1.')) for name in frozen)
+    for what in expected.keys() - frozen:
         if what == 'outs':
             for i, (a, e) in enumerate(zip(actual[what], expected[what])):
                 _assert_close_at_scale(a, e, f'output {i}')

@@ -18,7 +18,11 @@ Scenarios (``--scenarios``; N is the batch size):
 * ``mask_rcnn_train``: one training iteration (``model.train_step``: preprocessing,
   forward, losses, backward, SGD step) of the stock mmdet Mask R-CNN R-50-FPN config and of
   ``configs/mask_rcnn_rednet50_fpn_coco.py`` on 2 images of ``--det-size`` (default 512)
-  with 5 objects each.
+  with 5 objects each;
+* ``mask_rcnn_train_compiled``: the same iteration with the detector's backbone and neck
+  compiled in place (``nn.Module.compile``, inductor, ``fullgraph=True``), the heads eager
+  (their proposal sampling and target assignment have data-dependent shapes), timed against
+  the eager detectors as the compiled backbone scenarios are.
 
 Backbones (``--models``): rednet26/50/101 and resnet50/101, with stage outputs 256-2048; each
 RedNet is compared with the ResNet it replaces (RedNet-26 and -50 with ResNet-50, RedNet-101
@@ -64,6 +68,7 @@ DETECTORS = {
     'mask_rcnn_resnet50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
 }
 DET_PAIRS = {'mask_rcnn_rednet50': 'mask_rcnn_resnet50'}
+DET_SCENARIO = 'mask_rcnn_train'
 DEFAULT_SCENARIOS = ('infer_bs1', 'infer_bs8', 'infer_bs8_fused', 'train_bs8', 'mask_rcnn_train')
 BACKBONE_SCENARIO = re.compile(
     r'(?P<kind>infer|train)_bs(?P<batch>[1-9][0-9]*)(?P<fused>_fused)?(?P<compiled>_compiled)?')
@@ -78,8 +83,8 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='work_dirs/benchmark_model_cpu.json', help='JSON file')
     parser.add_argument('--scenarios', nargs='+', type=scenario_name,
                         default=list(DEFAULT_SCENARIOS),
-                        help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), each '
-                             'also with the suffix _compiled; mask_rcnn_train')
+                        help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), '
+                             'mask_rcnn_train, each also with the suffix _compiled')
     parser.add_argument('--models', nargs='+', choices=list(BACKBONES),
                         default=list(BACKBONES), help='backbones of the backbone scenarios')
     parser.add_argument('--repeats', type=int, default=7, help='timed runs per model')
@@ -108,7 +113,7 @@ def parse_args(argv=None):
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
                      'is False)')
-    if args.amp and 'mask_rcnn_train' in args.scenarios and args.device != 'cuda':
+    if args.amp and any(map(is_detector, args.scenarios)) and args.device != 'cuda':
         parser.error('--amp with mask_rcnn_train needs --device cuda (mmengine\'s '
                      'AmpOptimWrapper is CUDA-only)')
     if args.resnet is None:
@@ -131,12 +136,17 @@ def is_compiled(scenario):
     return scenario.endswith(COMPILED_SUFFIX)
 
 
+def is_detector(scenario):
+    """Whether ``scenario`` times the Mask R-CNN iteration (eager or compiled)."""
+    return scenario in (DET_SCENARIO, DET_SCENARIO + COMPILED_SUFFIX)
+
+
 def scenario_name(text):
-    if text == 'mask_rcnn_train' or backbone_scenario(text) is not None:
+    if is_detector(text) or backbone_scenario(text) is not None:
         return text
     raise argparse.ArgumentTypeError(
         f'unknown scenario {text!r}: expected infer_bsN, infer_bsN_fused, train_bsN (N a '
-        'positive batch size), each optionally with the suffix _compiled, or mask_rcnn_train')
+        'positive batch size) or mask_rcnn_train, each optionally with the suffix _compiled')
 
 
 def _imports(module):
@@ -216,14 +226,24 @@ def autocast(args):
     return torch.autocast(args.device, dtype=amp_dtype(args), enabled=args.amp is not None)
 
 
+def training_detector(name, scenario, args):
+    """Detector ``name`` in training mode, seeded; in the compiled scenario its backbone and
+    neck compiled in place."""
+    torch.manual_seed(0)
+    model = build_detector(name, args).train()
+    if is_compiled(scenario):
+        model.backbone.compile(fullgraph=True)
+        model.neck.compile(fullgraph=True)
+    return model
+
+
 def make_step(name, scenario, args):
     """A closure running one iteration of ``scenario`` on model ``name``."""
     gen = torch.Generator().manual_seed(0)
-    if scenario == 'mask_rcnn_train':
+    if is_detector(scenario):
         from mmdet.testing import demo_mm_inputs
         from mmengine.optim import AmpOptimWrapper, OptimWrapper
-        torch.manual_seed(0)
-        model = build_detector(name, args).train()
+        model = training_detector(name, scenario, args)
         data = demo_mm_inputs(batch_size=2, image_shapes=[(3, args.det_size, args.det_size)] * 2,
                               num_items=[5, 5], num_classes=80, with_mask=True)
         # lr small enough that repeated steps on one batch stay finite
@@ -264,7 +284,7 @@ def make_step(name, scenario, args):
 
 
 def scenario_models(scenario, args):
-    if scenario == 'mask_rcnn_train':
+    if is_detector(scenario):
         return list(DETECTORS)
     return args.models
 
@@ -344,7 +364,7 @@ def memory_probe(name, scenario, args):
     """Peak resident-memory growth of building and running two iterations (the second has the
     optimizer state) over this process after its imports."""
     import involution_mm.models  # noqa: F401
-    if args.resnet == 'mmdet' or scenario == 'mask_rcnn_train':
+    if args.resnet == 'mmdet' or is_detector(scenario):
         import mmdet.models  # noqa: F401
     else:
         import torchvision  # noqa: F401
@@ -389,7 +409,7 @@ def measure_memory(name, scenario, args):
 
 
 def ratios(scenario, times, memory, saved):
-    pairs = DET_PAIRS if scenario == 'mask_rcnn_train' else PAIRS
+    pairs = DET_PAIRS if is_detector(scenario) else PAIRS
     rows = []
     for red, res in pairs.items():
         if red in times and res in times:
@@ -461,7 +481,7 @@ def main(argv=None):
         models = scenario_models(scenario, args)
         memory = {} if args.no_memory or compiled else {
             name: measure_memory(name, scenario, args) / 2 ** 20 for name in models}
-        trains_backbone = (scenario != 'mask_rcnn_train'
+        trains_backbone = (not is_detector(scenario)
                            and backbone_scenario(scenario)[0] == 'train')
         saved = {}
         if trains_backbone:
@@ -505,7 +525,8 @@ def main(argv=None):
             'imports, while building the model and running two iterations (a fresh process '
             'each)') + '; saved_for_backward_mib: bytes of the distinct storages a training '
             'forward saves for backward, parameters and buffers not counted, per image '
-            '(batch 2); *_compiled scenarios: time_ms of the compiled backbones, eager_time_ms '
+            '(batch 2); *_compiled scenarios: time_ms of the compiled backbones (of the detectors '
+            'with a compiled backbone and neck), eager_time_ms '
             'of the same backbones eager in the same rounds, first_call_s the untimed first '
             'call (compilation)',
         'results': results,
