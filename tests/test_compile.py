@@ -55,6 +55,17 @@ def _assert_close_at_scale(actual, expected, what, rel=1e-5):
     assert error <= rel * scale, f'{what}: max error {error:.3g} at scale {scale:.3g}'
 
 
+def _assert_steps_close(actual, expected, keys):
+    """:func:`_assert_close_at_scale` for the entries ``keys`` of two :func:`_train_step`
+    results, each of the outputs on its own."""
+    for what in keys:
+        if what == 'outs':
+            for i, (a, e) in enumerate(zip(actual[what], expected[what])):
+                _assert_close_at_scale(a, e, f'output {i}')
+        else:
+            _assert_close_at_scale(actual[what], expected[what], what)
+
+
 @pytest.mark.slow  # compiles a small RedNet's forward and backward with inductor
 def test_compiled_training_is_one_graph_with_the_eager_results():
     """Also: compiled, each chain is its two ops (forward, backward), as in eager mode, so
@@ -80,12 +91,8 @@ def test_compiled_training_is_one_graph_with_the_eager_results():
     assert ops[torch.ops.aten.convolution.default] == 1
     assert ops[torch.ops.aten.convolution_backward.default] == 1
     assert actual.keys() == expected.keys()
-    for what in expected:  # outputs, gradients, BN statistics (updated once per step)
-        if what == 'outs':
-            for i, (a, e) in enumerate(zip(actual[what], expected[what])):
-                _assert_close_at_scale(a, e, f'output {i}')
-        else:
-            _assert_close_at_scale(actual[what], expected[what], what)
+    # outputs, gradients, BN statistics (updated once per step)
+    _assert_steps_close(actual, expected, expected.keys())
 
 
 @pytest.mark.slow  # compiles a small RedNet's forward and backward with inductor
@@ -101,12 +108,7 @@ def test_compiled_detection_backbone_with_frozen_stem_and_eval_norms_is_eager():
     frozen = {what for what, value in expected.items() if value is None}
     assert frozen and frozen == {what for what, value in actual.items() if value is None}
     assert all(name.startswith(('stem.', 'layer1.')) for name in frozen)
-    for what in expected.keys() - frozen:
-        if what == 'outs':
-            for i, (a, e) in enumerate(zip(actual[what], expected[what])):
-                _assert_close_at_scale(a, e, f'output {i}')
-        else:
-            _assert_close_at_scale(actual[what], expected[what], what)
+    _assert_steps_close(actual, expected, expected.keys() - frozen)
 
 
 def _saved_activations(forward, model, x):

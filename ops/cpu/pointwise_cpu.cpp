@@ -10,6 +10,8 @@
 #include <climits>
 #include <optional>
 
+#include "../common/involution_shape.h"
+
 #if AT_BUILD_WITH_BLAS()
 // The Fortran BLAS that torch itself calls for CPU matrix products (its MKL where it has one).
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n,
@@ -65,8 +67,6 @@ class ImageTiles {
   }
 
  private:
-  static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
   Gemm g_;
   bool split_channels_;
   int64_t extent_, step_, count_;
