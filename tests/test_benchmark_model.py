@@ -13,14 +13,15 @@ TOOL = 'tools/benchmark_model.py'
 def test_tiny_run_writes_json_and_plot(tmp_path, tools):
     out = tmp_path / 'models.json'
     result = tools.run_tool([TOOL, '--scenarios', 'infer_bs1', 'train_bs8', 'mask_rcnn_train',
-                             '--models', 'rednet26', 'resnet50', '--repeats', '1', '--threads',
-                             '1', '--image-size', '64', '--det-size', '64', '--out', str(out)],
-                            timeout=900)
+                             'sem_fpn_train', '--models', 'rednet26', 'resnet50', '--repeats',
+                             '1', '--threads', '1', '--image-size', '64', '--det-size', '64',
+                             '--seg-size', '64', '96', '--out', str(out)], timeout=900)
     assert result.returncode == 0, result.stdout
     data = json.loads(out.read_text())
     assert data['command'].endswith(f'--out {out}') and data['image_size'] == 64
     results = data['results']
-    assert set(results) == {'infer_bs1', 'train_bs8', 'mask_rcnn_train'}
+    assert set(results) == {'infer_bs1', 'train_bs8', 'mask_rcnn_train', 'sem_fpn_train'}
+    assert data['seg_size'] == [64, 96]
     for scenario in ('infer_bs1', 'train_bs8'):
         res = results[scenario]
         assert set(res['time_ms']) == set(res['peak_memory_mib']) == {'rednet26', 'resnet50'}
@@ -39,6 +40,9 @@ def test_tiny_run_writes_json_and_plot(tmp_path, tools):
             > results['infer_bs1']['peak_memory_mib']['resnet50'])
     (det,) = results['mask_rcnn_train']['ratios']
     assert (det['rednet'], det['resnet']) == ('mask_rcnn_rednet50', 'mask_rcnn_resnet50')
+    (seg,) = results['sem_fpn_train']['ratios']
+    assert (seg['rednet'], seg['resnet']) == ('sem_fpn_rednet50', 'sem_fpn_resnet50')
+    assert all(v > 0 for v in results['sem_fpn_train']['peak_memory_mib'].values())
     assert (tmp_path / 'models.png').stat().st_size > 0
 
 
@@ -86,9 +90,13 @@ def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
     (['--scenarios', 'infer'], "unknown scenario 'infer'"),
     (['--amp', 'float16', '--scenarios', 'mask_rcnn_train'], 'needs --device cuda'),
     (['--amp', 'float16', '--scenarios', 'mask_rcnn_train_compiled'], 'needs --device cuda'),
+    (['--amp', 'float16', '--scenarios', 'sem_fpn_train'], 'sem_fpn_train needs --device cuda'),
     (['--scenarios', 'mask_rcnn_train_fused'], "unknown scenario 'mask_rcnn_train_fused'"),
     (['--scenarios', 'mask_rcnn_infer'], "unknown scenario 'mask_rcnn_infer'"),
-    (['--det-size', '16'], '--det-size at least 64'),
+    (['--det-size', '16'], '--det-size and --seg-size at least 64'),
+    (['--seg-size', '512', '32'], '--det-size and --seg-size at least 64'),
+    (['--seg-size', '512'], '--seg-size: expected 2 arguments'),
+    (['--scenarios', 'sem_fpn_infer'], "unknown scenario 'sem_fpn_infer'"),
     (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
     (['--threads', '0'], '--threads must be positive'),
 ])
@@ -166,21 +174,39 @@ def test_compiled_scenarios_time_each_model_compiled_and_eager(tools):
         'mask_rcnn_resnet50': ('mask_rcnn_resnet50', 'mask_rcnn_train_compiled'),
         'mask_rcnn_rednet50_eager': ('mask_rcnn_rednet50', 'mask_rcnn_train'),
         'mask_rcnn_resnet50_eager': ('mask_rcnn_resnet50', 'mask_rcnn_train')}
+    assert tool.scenario_methods('sem_fpn_train', args) == {
+        'sem_fpn_rednet50': ('sem_fpn_rednet50', 'sem_fpn_train'),
+        'sem_fpn_resnet50': ('sem_fpn_resnet50', 'sem_fpn_train')}
 
 
-def test_compiled_detector_compiles_backbone_and_neck_only(tools):
+@pytest.mark.parametrize('model,scenario,heads', [
+    ('mask_rcnn_rednet50', 'mask_rcnn_train', ('rpn_head', 'roi_head')),
+    ('sem_fpn_rednet50', 'sem_fpn_train', ('decode_head',)),
+])
+def test_compiled_mm_model_compiles_backbone_and_neck_only(model, scenario, heads, tools):
     tool = _load_tool(tools.ROOT)
-    args = tool.parse_args(['--scenarios', 'mask_rcnn_train_compiled', '--det-size', '64'])
-    compiled = tool.training_detector('mask_rcnn_rednet50', 'mask_rcnn_train_compiled', args)
-    eager = tool.training_detector('mask_rcnn_rednet50', 'mask_rcnn_train', args)
+    args = tool.parse_args(['--scenarios', scenario + '_compiled', '--det-size', '64',
+                            '--seg-size', '64', '64'])
+    compiled = tool.training_mm_model(model, scenario + '_compiled', args)
+    eager = tool.training_mm_model(model, scenario, args)
     assert compiled.training
     # nn.Module.compile keeps the module (and its state_dict keys), compiling its __call__
     assert compiled.backbone._compiled_call_impl is not None
     assert compiled.neck._compiled_call_impl is not None
-    assert compiled.rpn_head._compiled_call_impl is None
-    assert compiled.roi_head._compiled_call_impl is None
+    for head in heads:
+        assert getattr(compiled, head)._compiled_call_impl is None
     assert eager.backbone._compiled_call_impl is None
     assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_segmentor_is_built_for_one_process_without_pretraining(tools):
+    tool = _load_tool(tools.ROOT)
+    args = tool.parse_args(['--scenarios', 'sem_fpn_train', '--seg-size', '64', '96'])
+    for name in ('sem_fpn_rednet50', 'sem_fpn_resnet50'):
+        model = tool.build_mm_model('sem_fpn_train', name, args)
+        assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        assert model.data_preprocessor.size == (64, 96)
+    assert type(model.backbone).__name__ == 'ResNetV1c'  # the stock config's ResNet
 
 
 def test_saved_for_backward_tool_writes_each_mode_batch_and_ratio(tmp_path, tools):

@@ -1,4 +1,4 @@
-"""Benchmark of RedNet against ResNet: backbones and Mask R-CNN, time and memory.
+"""Benchmark of RedNet against ResNet: backbones, Mask R-CNN and Semantic FPN, time and memory.
 
 Scenarios (``--scenarios``; N is the batch size):
 
@@ -19,10 +19,17 @@ Scenarios (``--scenarios``; N is the batch size):
   forward, losses, backward, SGD step) of the stock mmdet Mask R-CNN R-50-FPN config and of
   ``configs/mask_rcnn_rednet50_fpn_coco.py`` on 2 images of ``--det-size`` (default 512)
   with 5 objects each;
-* ``mask_rcnn_train_compiled``: the same iteration with the detector's backbone and neck
-  compiled in place (``nn.Module.compile``, inductor, ``fullgraph=True``), the heads eager
-  (their proposal sampling and target assignment have data-dependent shapes), timed against
-  the eager detectors as the compiled backbone scenarios are.
+* ``sem_fpn_train``: the same for the stock mmseg Semantic FPN R-50 Cityscapes config and
+  ``configs/fpn_rednet50_cityscapes.py`` on 2 images of ``--seg-size`` (default 512x1024, the
+  config's crop) with random labels of the 19 classes;
+* ``mask_rcnn_train_compiled``, ``sem_fpn_train_compiled``: the same iteration with the
+  model's backbone and neck compiled in place (``nn.Module.compile``, inductor,
+  ``fullgraph=True``), the heads eager (the detectors' proposal sampling and target
+  assignment have data-dependent shapes), timed against the eager models as the compiled
+  backbone scenarios are.
+
+The OpenMMLab models are built from their configs as a user's single-process run would be,
+with SyncBN as BN and nothing pretrained loaded.
 
 Backbones (``--models``): rednet26/50/101 and resnet50/101, with stage outputs 256-2048; each
 RedNet is compared with the ResNet it replaces (RedNet-26 and -50 with ResNet-50, RedNet-101
@@ -63,12 +70,17 @@ BACKBONES = {
 }
 #: each RedNet and the ResNet it is measured against
 PAIRS = {'rednet26': 'resnet50', 'rednet50': 'resnet50', 'rednet101': 'resnet101'}
-DETECTORS = {
-    'mask_rcnn_rednet50': 'configs/mask_rcnn_rednet50_fpn_coco.py',
-    'mask_rcnn_resnet50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+#: the scenarios of whole OpenMMLab models: (registry scope, {model: config}), RedNet's model
+#: first and measured against the second
+MM_SCENARIOS = {
+    'mask_rcnn_train': ('mmdet', {
+        'mask_rcnn_rednet50': 'configs/mask_rcnn_rednet50_fpn_coco.py',
+        'mask_rcnn_resnet50': 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'}),
+    'sem_fpn_train': ('mmseg', {
+        'sem_fpn_rednet50': 'configs/fpn_rednet50_cityscapes.py',
+        'sem_fpn_resnet50': 'mmseg::sem_fpn/fpn_r50_4xb2-80k_cityscapes-512x1024.py'}),
 }
-DET_PAIRS = {'mask_rcnn_rednet50': 'mask_rcnn_resnet50'}
-DET_SCENARIO = 'mask_rcnn_train'
+CITYSCAPES_CLASSES = 19
 DEFAULT_SCENARIOS = ('infer_bs1', 'infer_bs8', 'infer_bs8_fused', 'train_bs8', 'mask_rcnn_train')
 BACKBONE_SCENARIO = re.compile(
     r'(?P<kind>infer|train)_bs(?P<batch>[1-9][0-9]*)(?P<fused>_fused)?(?P<compiled>_compiled)?')
@@ -84,12 +96,14 @@ def parse_args(argv=None):
     parser.add_argument('--scenarios', nargs='+', type=scenario_name,
                         default=list(DEFAULT_SCENARIOS),
                         help='infer_bsN, infer_bsN_fused, train_bsN (N: batch size), '
-                             'mask_rcnn_train, each also with the suffix _compiled')
+                             f'{", ".join(MM_SCENARIOS)}, each also with the suffix _compiled')
     parser.add_argument('--models', nargs='+', choices=list(BACKBONES),
                         default=list(BACKBONES), help='backbones of the backbone scenarios')
     parser.add_argument('--repeats', type=int, default=7, help='timed runs per model')
     parser.add_argument('--image-size', type=int, default=224, help='backbone input size')
     parser.add_argument('--det-size', type=int, default=512, help='Mask R-CNN image size')
+    parser.add_argument('--seg-size', type=int, nargs=2, default=[512, 1024],
+                        metavar=('HEIGHT', 'WIDTH'), help='Semantic FPN image size')
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
     parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--amp', choices=['float16', 'bfloat16'], default=None,
@@ -106,16 +120,21 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
-    if args.image_size < 32 or args.det_size < 64:
-        parser.error('--image-size must be at least 32 and --det-size at least 64')
+    if args.image_size < 32 or args.det_size < 64 or min(args.seg_size) < 64:
+        parser.error('--image-size must be at least 32, --det-size and --seg-size at least 64')
     if args.threads is not None and args.threads < 1:
         parser.error('--threads must be positive')
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: no CUDA device is available (torch.cuda.is_available() '
                      'is False)')
-    if args.amp and any(map(is_detector, args.scenarios)) and args.device != 'cuda':
-        parser.error('--amp with mask_rcnn_train needs --device cuda (mmengine\'s '
+    mm = sorted({mm_scenario(s) for s in args.scenarios} - {None})
+    if args.amp and mm and args.device != 'cuda':
+        parser.error(f'--amp with {", ".join(mm)} needs --device cuda (mmengine\'s '
                      'AmpOptimWrapper is CUDA-only)')
+    for task in mm:
+        scope = MM_SCENARIOS[task][0]
+        if not _imports(scope + '.models'):
+            parser.error(f'{task} needs {scope}, which does not import here')
     if args.resnet is None:
         args.resnet = 'mmdet' if _imports('mmdet.models') else 'torchvision'
     if not _imports('mmdet.models' if args.resnet == 'mmdet' else 'torchvision'):
@@ -136,17 +155,20 @@ def is_compiled(scenario):
     return scenario.endswith(COMPILED_SUFFIX)
 
 
-def is_detector(scenario):
-    """Whether ``scenario`` times the Mask R-CNN iteration (eager or compiled)."""
-    return scenario in (DET_SCENARIO, DET_SCENARIO + COMPILED_SUFFIX)
+def mm_scenario(scenario):
+    """The :data:`MM_SCENARIOS` key of ``scenario`` (eager or compiled), None for a backbone
+    scenario."""
+    base = scenario[:-len(COMPILED_SUFFIX)] if is_compiled(scenario) else scenario
+    return base if base in MM_SCENARIOS else None
 
 
 def scenario_name(text):
-    if is_detector(text) or backbone_scenario(text) is not None:
+    if mm_scenario(text) or backbone_scenario(text) is not None:
         return text
     raise argparse.ArgumentTypeError(
         f'unknown scenario {text!r}: expected infer_bsN, infer_bsN_fused, train_bsN (N a '
-        'positive batch size) or mask_rcnn_train, each optionally with the suffix _compiled')
+        f'positive batch size) or one of {", ".join(MM_SCENARIOS)}, each optionally with the '
+        'suffix _compiled')
 
 
 def _imports(module):
@@ -199,22 +221,50 @@ def to_device(module_or_tensor, args):
     return out.to(memory_format=torch.channels_last) if args.channels_last else out
 
 
-def build_detector(name, args):
+def build_mm_model(task, name, args):
+    """Model ``name`` of :data:`MM_SCENARIOS` ``task``, built from its config with SyncBN as
+    BN (one process), nothing pretrained, and Semantic FPN's preprocessor padding to
+    ``--seg-size``."""
+    import importlib
     from mmengine.config import Config
     from mmengine.hub import get_config
     from mmengine.registry import DefaultScope
     from mmengine.utils import import_modules_from_strings
-    from mmdet.registry import MODELS
-    path = DETECTORS[name]
-    cfg = get_config(path) if path.startswith('mmdet::') else Config.fromfile(
-        os.path.join(REPO, path))
-    cfg.model.backbone.init_cfg = None  # nothing is downloaded
+    from involution_mm.utils.runtime import drop_pretrained, replace_sync_bn
+    scope, configs = MM_SCENARIOS[task]
+    path = configs[name]
+    cfg = get_config(path) if '::' in path else Config.fromfile(os.path.join(REPO, path))
+    drop_pretrained(cfg.model)  # nothing is downloaded
+    replace_sync_bn(cfg.model)
+    if scope == 'mmseg':
+        cfg.model.data_preprocessor.size = tuple(args.seg_size)
     import_modules_from_strings(**cfg.get('custom_imports', dict(imports=[])))
     import involution_mm  # noqa: F401
-    with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(cfg.model)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):
+        model = registry.build(cfg.model)
     model.init_weights()
     return to_device(model, args)
+
+
+def mm_inputs(task, args):
+    """A batch of 2 images with annotations for ``task``'s ``model.train_step``."""
+    if MM_SCENARIOS[task][0] == 'mmdet':
+        from mmdet.testing import demo_mm_inputs
+        return demo_mm_inputs(batch_size=2, image_shapes=[(3, args.det_size, args.det_size)] * 2,
+                              num_items=[5, 5], num_classes=80, with_mask=True)
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    gen = torch.Generator().manual_seed(0)
+    shape = tuple(args.seg_size)
+    inputs, samples = [], []
+    for _ in range(2):
+        inputs.append(torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=gen))
+        sample = SegDataSample(metainfo=dict(img_shape=shape, ori_shape=shape, pad_shape=shape))
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, CITYSCAPES_CLASSES, (1, *shape), generator=gen))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
 
 
 def amp_dtype(args):
@@ -226,11 +276,11 @@ def autocast(args):
     return torch.autocast(args.device, dtype=amp_dtype(args), enabled=args.amp is not None)
 
 
-def training_detector(name, scenario, args):
-    """Detector ``name`` in training mode, seeded; in the compiled scenario its backbone and
-    neck compiled in place."""
+def training_mm_model(name, scenario, args):
+    """OpenMMLab model ``name`` of ``scenario`` in training mode, seeded; in a compiled
+    scenario its backbone and neck compiled in place."""
     torch.manual_seed(0)
-    model = build_detector(name, args).train()
+    model = build_mm_model(mm_scenario(scenario), name, args).train()
     if is_compiled(scenario):
         model.backbone.compile(fullgraph=True)
         model.neck.compile(fullgraph=True)
@@ -240,12 +290,11 @@ def training_detector(name, scenario, args):
 def make_step(name, scenario, args):
     """A closure running one iteration of ``scenario`` on model ``name``."""
     gen = torch.Generator().manual_seed(0)
-    if is_detector(scenario):
-        from mmdet.testing import demo_mm_inputs
+    task = mm_scenario(scenario)
+    if task:
         from mmengine.optim import AmpOptimWrapper, OptimWrapper
-        model = training_detector(name, scenario, args)
-        data = demo_mm_inputs(batch_size=2, image_shapes=[(3, args.det_size, args.det_size)] * 2,
-                              num_items=[5, 5], num_classes=80, with_mask=True)
+        model = training_mm_model(name, scenario, args)
+        data = mm_inputs(task, args)
         # lr small enough that repeated steps on one batch stay finite
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
         wrapper = (AmpOptimWrapper(optimizer=optimizer, dtype=amp_dtype(args)) if args.amp
@@ -284,9 +333,8 @@ def make_step(name, scenario, args):
 
 
 def scenario_models(scenario, args):
-    if is_detector(scenario):
-        return list(DETECTORS)
-    return args.models
+    task = mm_scenario(scenario)
+    return list(MM_SCENARIOS[task][1]) if task else args.models
 
 
 def synchronize(args):
@@ -364,7 +412,10 @@ def memory_probe(name, scenario, args):
     """Peak resident-memory growth of building and running two iterations (the second has the
     optimizer state) over this process after its imports."""
     import involution_mm.models  # noqa: F401
-    if args.resnet == 'mmdet' or is_detector(scenario):
+    task = mm_scenario(scenario)
+    if task:
+        __import__(MM_SCENARIOS[task][0] + '.models')
+    elif args.resnet == 'mmdet':
         import mmdet.models  # noqa: F401
     else:
         import torchvision  # noqa: F401
@@ -397,7 +448,7 @@ def measure_memory(name, scenario, args):
         return cuda_peak_memory(name, scenario, args)
     cmd = [sys.executable, os.path.abspath(__file__), '--memory-probe', name, scenario,
            '--image-size', str(args.image_size), '--det-size', str(args.det_size),
-           '--resnet', args.resnet]
+           '--seg-size', *map(str, args.seg_size), '--resnet', args.resnet]
     if args.amp:
         cmd += ['--amp', args.amp]
     if args.threads:
@@ -409,7 +460,8 @@ def measure_memory(name, scenario, args):
 
 
 def ratios(scenario, times, memory, saved):
-    pairs = DET_PAIRS if is_detector(scenario) else PAIRS
+    task = mm_scenario(scenario)
+    pairs = dict([list(MM_SCENARIOS[task][1])]) if task else PAIRS
     rows = []
     for red, res in pairs.items():
         if red in times and res in times:
@@ -481,7 +533,7 @@ def main(argv=None):
         models = scenario_models(scenario, args)
         memory = {} if args.no_memory or compiled else {
             name: measure_memory(name, scenario, args) / 2 ** 20 for name in models}
-        trains_backbone = (not is_detector(scenario)
+        trains_backbone = (not mm_scenario(scenario)
                            and backbone_scenario(scenario)[0] == 'train')
         saved = {}
         if trains_backbone:
@@ -517,7 +569,7 @@ def main(argv=None):
         'machine': machine, 'device': args.device,
         'amp': args.amp or 'float32', 'resnet': args.resnet, 'repeats': args.repeats,
         'channels_last': args.channels_last, 'image_size': args.image_size,
-        'det_size': args.det_size,
+        'det_size': args.det_size, 'seg_size': args.seg_size,
         'notes': 'time_ms: medians of interleaved runs; peak_memory_mib: ' + (
             'growth of torch.cuda.max_memory_allocated while building the model and running '
             'two iterations' if args.device == 'cuda' else
@@ -525,8 +577,8 @@ def main(argv=None):
             'imports, while building the model and running two iterations (a fresh process '
             'each)') + '; saved_for_backward_mib: bytes of the distinct storages a training '
             'forward saves for backward, parameters and buffers not counted, per image '
-            '(batch 2); *_compiled scenarios: time_ms of the compiled backbones (of the detectors '
-            'with a compiled backbone and neck), eager_time_ms '
+            '(batch 2); *_compiled scenarios: time_ms of the compiled backbones (of the '
+            'OpenMMLab models with a compiled backbone and neck), eager_time_ms '
             'of the same backbones eager in the same rounds, first_call_s the untimed first '
             'call (compilation)',
         'results': results,
