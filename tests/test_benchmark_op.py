@@ -1,5 +1,6 @@
 """tools/benchmark_op.py: a tiny run writes the JSON the README quotes; bad arguments fail."""
 import json
+import re
 
 import pytest
 import torch
@@ -16,6 +17,14 @@ def test_tiny_run_writes_json(tmp_path, tools):
     assert data['command'].endswith(f'--out {out}') and data['device'] == 'cpu'
     assert data['block_ms'] == 2
     assert data['machine']['kernel_isa'] in ('default', 'avx2', 'avx512')
+    with open('/proc/cpuinfo') as f:
+        cpuinfo = f.read()
+
+    def first(field):
+        return re.search(rf'^{field}\s*:\s*(.*)$', cpuinfo, re.M).group(1).strip()
+    machine = data['machine']
+    assert (machine['cpu_family'], machine['cpu_model']) == (first('cpu family'), first('model'))
+    assert ('avx2' in machine['simd']) == ('avx2' in first('flags').split())
     (row,) = data['results']
     assert (row['batch'], row['channels'], row['size']) == (2, 32, 8)
     for key in ('forward_ms', 'forward_backward_ms'):

@@ -224,16 +224,34 @@ def copy_bandwidth(dtype, device='cpu'):
     return 2 * src.numel() * src.element_size() / min(timed() for _ in range(10))
 
 
-def machine_info(device):
-    cpu = platform.processor()
+#: the /proc/cpuinfo flags that say which vector paths a CPU has
+SIMD_FLAGS = ('avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_bf16',
+              'amx_tile')
+
+
+def cpu_identity():
+    """The first CPU of /proc/cpuinfo: model name, vendor, family and model numbers (a VM's
+    model name may say no more than "AMD EPYC"), and which of :data:`SIMD_FLAGS` it has."""
+    fields = {}
     try:
         with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
+            for line in f:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(':')
+                fields[key.strip()] = value.strip()
+    except OSError:
         pass
+    flags = set(fields.get('flags', '').split())
+    return {'cpu': fields.get('model name') or platform.processor(),
+            'cpu_vendor': fields.get('vendor_id'), 'cpu_family': fields.get('cpu family'),
+            'cpu_model': fields.get('model'), 'simd': [f for f in SIMD_FLAGS if f in flags]}
+
+
+def machine_info(device):
     import involution_mm
     info = {
-        'platform': platform.platform(), 'cpu': cpu, 'logical_cores': os.cpu_count(),
+        'platform': platform.platform(), **cpu_identity(), 'logical_cores': os.cpu_count(),
         'torch_threads': torch.get_num_threads(), 'python': platform.python_version(),
         'torch': torch.__version__, 'involution_mm': involution_mm.__version__,
         'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa(),
