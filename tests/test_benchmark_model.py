@@ -199,6 +199,17 @@ def test_compiled_mm_model_compiles_backbone_and_neck_only(model, scenario, head
     assert compiled.state_dict().keys() == eager.state_dict().keys()
 
 
+def test_an_openmmlab_scenario_whose_codebase_does_not_import_is_named(tools, monkeypatch,
+                                                                       capsys):
+    tool = _load_tool(tools.ROOT)
+    real = tool._imports
+    monkeypatch.setattr(tool, '_imports', lambda module: module != 'mmseg.models' and real(module))
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--scenarios', 'infer_bs1', 'sem_fpn_train_compiled'])
+    assert 'sem_fpn_train needs mmseg, which does not import here' in capsys.readouterr().err
+    assert tool.parse_args(['--scenarios', 'mask_rcnn_train']).scenarios == ['mask_rcnn_train']
+
+
 def test_segmentor_is_built_for_one_process_without_pretraining(tools):
     tool = _load_tool(tools.ROOT)
     args = tool.parse_args(['--scenarios', 'sem_fpn_train', '--seg-size', '64', '96'])

@@ -461,7 +461,10 @@ def measure_memory(name, scenario, args):
 
 def ratios(scenario, times, memory, saved):
     task = mm_scenario(scenario)
-    pairs = dict([list(MM_SCENARIOS[task][1])]) if task else PAIRS
+    pairs = PAIRS
+    if task:
+        rednet, resnet = MM_SCENARIOS[task][1]
+        pairs = {rednet: resnet}
     rows = []
     for red, res in pairs.items():
         if red in times and res in times:
