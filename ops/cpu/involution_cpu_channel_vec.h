@@ -131,14 +131,19 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
           for (int64_t r = 0; r < RB; ++r)
             INVOLUTION_UNROLL
             for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv] = Vec<acc_t>(acc_t(0));
-          // Unrolled for a dense K too, or the register blocks live on the stack.
-          INVOLUTION_UNROLL
-          for (int64_t u = 0; u < (DenseK > 0 ? DenseK : K); ++u) {
-            const acc_t* x_u = panel.data() + ((i * s + u * d) * Wp + j * s) * CG;
-            const acc_t* w_u = w_rows + u * K * uv_stride + i * Wo + j;
-            if constexpr (DenseK > 0) {
-              // Column k serves pixels r = k - v; for each pixel the taps still come in order
-              // of v, and only one column is live at a time.
+          if constexpr (DenseK > 0) {
+            // Kernel rows in a loop that is not unrolled, each with its K weight planes: all
+            // K*K plane offsets (multiples of Ho*Wo, known at run time) outnumber the general
+            // registers, and each FMA would reload its address from the stack. Column k serves
+            // pixels r = k - v; for each pixel the taps still come in order of (u, v), and
+            // only one column is live at a time.
+            INVOLUTION_NO_UNROLL
+            for (int64_t u = 0; u < DenseK; ++u) {
+              const acc_t* x_u = panel.data() + ((i + u) * Wp + j) * CG;
+              const acc_t* w_uv[DenseK];  // w[u, v, i, j]
+              INVOLUTION_UNROLL
+              for (int64_t v = 0; v < DenseK; ++v)
+                w_uv[v] = w_rows + (u * DenseK + v) * uv_stride + i * Wo + j;
               INVOLUTION_UNROLL
               for (int64_t k = 0; k < RB + DenseK - 1; ++k) {
                 Vec<acc_t> xv[NV];
@@ -147,13 +152,19 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
                 INVOLUTION_UNROLL
                 for (int64_t r = 0; r < RB; ++r) {
                   if (k - r < 0 || k - r >= DenseK) continue;  // resolved at compile time
-                  const Vec<acc_t> wv(w_u[(k - r) * uv_stride + r]);
+                  const Vec<acc_t> wv(w_uv[k - r][r]);
                   INVOLUTION_UNROLL
                   for (int64_t nv = 0; nv < NV; ++nv)
                     acc[r][nv] = at::vec::fmadd(wv, xv[nv], acc[r][nv]);
                 }
               }
-            } else {
+            }
+          } else {
+            // Unrolled, or the register blocks live on the stack.
+            INVOLUTION_UNROLL
+            for (int64_t u = 0; u < K; ++u) {
+              const acc_t* x_u = panel.data() + ((i * s + u * d) * Wp + j * s) * CG;
+              const acc_t* w_u = w_rows + u * K * uv_stride + i * Wo + j;
               for (int64_t v = 0; v < K; ++v) {
                 const acc_t* x_uv = x_u + v * d * CG;
                 const acc_t* w_uv = w_u + v * uv_stride;

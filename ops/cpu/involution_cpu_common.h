@@ -37,13 +37,18 @@
 #endif
 
 // Register blocks (arrays of Vec indexed by compile-time loops) stay in registers only when
-// those loops are unrolled completely.
+// those loops are unrolled completely: the longest has RB + K - 1 = 18 trips (the dense
+// kernels with AVX2 and 8-channel groups, 12 pixels, K = 7). INVOLUTION_NO_UNROLL keeps a loop
+// whose body is such a block.
 #if defined(__clang__)
 #define INVOLUTION_UNROLL _Pragma("unroll")
+#define INVOLUTION_NO_UNROLL _Pragma("nounroll")
 #elif defined(__GNUC__)
-#define INVOLUTION_UNROLL _Pragma("GCC unroll 16")
+#define INVOLUTION_UNROLL _Pragma("GCC unroll 32")
+#define INVOLUTION_NO_UNROLL _Pragma("GCC unroll 1")
 #else
 #define INVOLUTION_UNROLL
+#define INVOLUTION_NO_UNROLL
 #endif
 
 namespace involution_mm {
