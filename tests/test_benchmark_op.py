@@ -30,6 +30,9 @@ def test_tiny_run_writes_json(tmp_path, tools):
     for key in ('forward_ms', 'forward_backward_ms'):
         assert set(row[key]) == {'involution_mm', 'unfold_reference', 'depthwise_conv'}
         assert all(v > 0 for v in row[key].values())
+    for key in ('forward_page_faults_per_call', 'forward_backward_page_faults_per_call'):
+        assert set(row[key]) == {'involution_mm', 'unfold_reference', 'depthwise_conv'}
+        assert all(v >= 0 for v in row[key].values())
     # unfold materialises K*K = 49 times the input; the op nothing that grows with it
     assert row['extra_peak_mib']['unfold_reference'] >= 0
     assert row['achieved_gbps'] > 0 and data['copy_bandwidth_gbps'] > 0

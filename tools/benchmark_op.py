@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -129,21 +130,34 @@ def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, devi
 
     def block(case, calls):
         sync()
+        faults = minor_page_faults()
         start = time.perf_counter()
         for _ in range(calls):
             run_once(*case, backward)
         sync()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, minor_page_faults() - faults
 
     calls = {}
     for method, case in cases.items():  # warm-up, and the calls per block
-        per_call = min(block(case, 1) for _ in range(2))
+        per_call = min(block(case, 1)[0] for _ in range(2))
         calls[method] = max(1, round(block_ms / 1e3 / per_call))
     samples = {m: [] for m in methods}
+    faults = {m: [] for m in methods}
     for _ in range(repeats):
         for method, case in cases.items():
-            samples[method].append(block(case, calls[method]) / calls[method])
-    return samples
+            seconds, block_faults = block(case, calls[method])
+            samples[method].append(seconds / calls[method])
+            faults[method].append(block_faults / calls[method])
+    return samples, faults
+
+
+def minor_page_faults():
+    """Minor page faults of this process so far. A call whose results land in memory that the
+    allocator has just taken from the OS (glibc's malloc maps large blocks afresh and returns
+    them when freed) first faults every page in, which can cost more than its arithmetic:
+    the same call then reads several times slower than in a run whose allocator state lets it
+    reuse memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def paired_ratio(samples, numerator, denominator):
@@ -275,11 +289,11 @@ def format_table(rows):
     head = ('| B | C | HxW | op fwd ms | unfold fwd ms | dwconv fwd ms | op fwd+bwd ms | '
             'unfold fwd+bwd ms | dwconv fwd+bwd ms | unfold/op fwd | unfold/op f+b | '
             'op/dwconv fwd | op/dwconv f+b | op GB/s (bound) | of same-bytes copy | op extra MiB | '
-            'unfold extra MiB |'
-            ' x+w MiB |')
+            'unfold extra MiB | x+w MiB | fwd page faults/call op, dwconv |')
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
         f, fb, mem = r['forward_ms'], r['forward_backward_ms'], r.get('extra_peak_mib', {})
+        faults = r['forward_page_faults_per_call']
         lines.append(
             f"| {r['batch']} | {r['channels']} | {r['size']}x{r['size']} | "
             f"{f['involution_mm']:.2f} | {f['unfold_reference']:.1f} | {f['depthwise_conv']:.2f} | "
@@ -288,7 +302,8 @@ def format_table(rows):
             f"{r['ratio_to_dwconv_forward']:.2f} | {r['ratio_to_dwconv_forward_backward']:.2f} | "
             f"{r['achieved_gbps']:.1f} | {r['fraction_of_same_bytes_copy']:.0%} | "
             f"{mem.get('involution_mm', float('nan')):.1f} | "
-            f"{mem.get('unfold_reference', float('nan')):.1f} | {r['input_plus_weight_mib']:.1f} |")
+            f"{mem.get('unfold_reference', float('nan')):.1f} | {r['input_plus_weight_mib']:.1f} | "
+            f"{faults['involution_mm']:.0f}, {faults['depthwise_conv']:.0f} |")
     return '\n'.join(lines)
 
 
@@ -308,11 +323,12 @@ def main(argv=None):
     rows = []
     for batch in args.batch_sizes:
         for channels, size in args.shape_list:
-            fwd = time_methods(batch, channels, size, dtype, False, args.repeats, args.block_ms,
-                               args.device)
-            fb = time_methods(batch, channels, size, dtype, True, args.repeats, args.block_ms,
-                              args.device)
+            fwd, fwd_faults = time_methods(batch, channels, size, dtype, False, args.repeats,
+                                           args.block_ms, args.device)
+            fb, fb_faults = time_methods(batch, channels, size, dtype, True, args.repeats,
+                                         args.block_ms, args.device)
             copy_s = fwd.pop(BANDWIDTH_METHOD)
+            fwd_faults.pop(BANDWIDTH_METHOD)
             fwd_ms = {m: statistics.median(v) * 1e3 for m, v in fwd.items()}
             bound = lower_bound_bytes(batch, channels, size, dtype)
             elem = torch.empty((), dtype=dtype).element_size()
@@ -323,6 +339,10 @@ def main(argv=None):
                 'groups': channels // GROUP_CHANNELS, 'kernel_size': KERNEL_SIZE,
                 'forward_ms': fwd_ms,
                 'forward_backward_ms': {m: statistics.median(v) * 1e3 for m, v in fb.items()},
+                'forward_page_faults_per_call': {m: statistics.median(v)
+                                                 for m, v in fwd_faults.items()},
+                'forward_backward_page_faults_per_call': {m: statistics.median(v)
+                                                          for m, v in fb_faults.items()},
                 'speedup_vs_unfold_forward': paired_ratio(fwd, 'unfold_reference', 'involution_mm'),
                 'speedup_vs_unfold_forward_backward':
                     paired_ratio(fb, 'unfold_reference', 'involution_mm'),
@@ -356,6 +376,8 @@ def main(argv=None):
                  'during one forward+backward beyond the inputs, output and gradients; '
                  'achieved_gbps = forward lower-bound bytes '
                  '(x read, out written, weight read once) / forward time; '
+                 '*_page_faults_per_call = median over rounds of the minor page faults per '
+                 'call in a block (the pages that calls fault in count in their times); '
                  'fraction_of_same_bytes_copy = median over rounds of the time of a tensor '
                  'copy moving those bytes (cache-resident where they fit, unlike the large '
                  'copy of copy_bandwidth_gbps) / the forward time, timed in the same rounds',
