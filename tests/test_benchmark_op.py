@@ -11,12 +11,14 @@ TOOL = 'tools/benchmark_op.py'
 def test_tiny_run_writes_json(tmp_path, tools):
     out = tmp_path / 'bench.json'
     result = tools.run_tool([TOOL, '--shapes', '32:8', '--batch-sizes', '2', '--repeats', '2',
-                             '--threads', '1', '--block-ms', '2', '--out', str(out)])
+                             '--threads', '1', '--block-ms', '2', '--out', str(out)],
+                            MALLOC_TRIM_THRESHOLD_='1073741824')
     assert result.returncode == 0, result.stdout
     data = json.loads(out.read_text())
     assert data['command'].endswith(f'--out {out}') and data['device'] == 'cpu'
     assert data['block_ms'] == 2
     assert data['machine']['kernel_isa'] in ('default', 'avx2', 'avx512')
+    assert data['machine']['environment']['MALLOC_TRIM_THRESHOLD_'] == '1073741824'
     with open('/proc/cpuinfo') as f:
         cpuinfo = f.read()
 

@@ -238,6 +238,10 @@ def copy_bandwidth(dtype, device='cpu'):
     return 2 * src.numel() * src.element_size() / min(timed() for _ in range(10))
 
 
+#: the variables, besides glibc's MALLOC_*, that change which code runs or how memory is reused
+TIMING_ENVIRONMENT = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS',
+                      'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'TORCHINDUCTOR_CACHE_DIR', 'LD_PRELOAD')
+
 #: the /proc/cpuinfo flags that say which vector paths a CPU has
 SIMD_FLAGS = ('avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_bf16',
               'amx_tile')
@@ -271,6 +275,8 @@ def machine_info(device):
         'kernel_isa': torch.ops.involution_mm.cpu_kernel_isa(),
         # ATen's own kernels' ISA (ATEN_CPU_CAPABILITY caps it); oneDNN and MKL pick their own
         'aten_cpu_capability': torch.backends.cpu.get_cpu_capability(),
+        'environment': {k: v for k, v in sorted(os.environ.items())
+                        if k in TIMING_ENVIRONMENT or k.startswith('MALLOC_')},
     }
     if device == 'cuda':
         props = torch.cuda.get_device_properties(0)
