@@ -240,7 +240,8 @@ def copy_bandwidth(dtype, device='cpu'):
 
 #: the variables, besides glibc's MALLOC_*, that change which code runs or how memory is reused
 TIMING_ENVIRONMENT = ('ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS',
-                      'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'TORCHINDUCTOR_CACHE_DIR', 'LD_PRELOAD')
+                      'OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'THP_MEM_ALLOC_ENABLE',
+                      'TORCHINDUCTOR_CACHE_DIR', 'LD_PRELOAD')
 
 #: the /proc/cpuinfo flags that say which vector paths a CPU has
 SIMD_FLAGS = ('avx', 'avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_bf16',
