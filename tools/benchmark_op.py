@@ -4,11 +4,13 @@ Times forward and forward+backward on the RedNet-50 shapes (C = 64/128/256/512 a
 56/28/14/7, G = C/16, K = 7) in blocks of back-to-back calls, interleaving the methods'
 blocks in one process so that machine noise hits them alike, and reports medians, ratios,
 the achieved bandwidth against the op's memory-traffic lower bound (as bytes/s, against a
-large copy, and as a fraction of a copy of those bytes timed in the same rounds), and the peak extra
-memory of forward+backward. On CPU each memory measurement runs in a fresh process and reads
-the high-water mark of its resident memory, so scratch buffers that bypass torch's allocator
-count too; on CUDA it is the growth of torch.cuda.max_memory_allocated. Writes JSON with the
-machine, versions and command.
+large copy, and as a fraction of a copy of those bytes timed in the same rounds), the minor
+page faults per call (memory that malloc maps afresh costs each call that touches it), and
+the peak extra memory of forward+backward. On CPU each memory measurement runs in a fresh
+process and reads the high-water mark of its resident memory, so scratch buffers that bypass
+torch's allocator count too; on CUDA it is the growth of torch.cuda.max_memory_allocated.
+Writes JSON with the machine, versions, command and the environment variables that change
+what runs (ISA caps, malloc and huge-page settings).
 
     python tools/benchmark_op.py --out work_dirs/benchmark_op_cpu.json
     python tools/benchmark_op.py --device cuda --dtype float16 --out work_dirs/op_cuda_fp16.json
@@ -118,10 +120,10 @@ def run_once(fn, x, w, grad_out, backward):
 
 
 def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, device='cpu'):
-    """Seconds per call of each method, one sample per round: the methods are timed in blocks
-    of back-to-back calls that last about ``block_ms`` each (as torch.utils.benchmark's
-    blocked_autorange does), one block per method and round, so that the samples of one round
-    were taken side by side. A single call of a 50 us op right after the 100x slower unfold
+    """Seconds and minor page faults per call of each method (two dicts of lists), one sample
+    per round: the methods are timed in blocks of back-to-back calls that last about
+    ``block_ms`` each (as torch.utils.benchmark's blocked_autorange does), one block per
+    method and round, so that the samples of one round were taken side by side. A single call of a 50 us op right after the 100x slower unfold
     reference would time the cache misses and page faults that the reference leaves behind,
     not the op."""
     methods = METHODS if backward else METHODS + (BANDWIDTH_METHOD,)
