@@ -123,9 +123,9 @@ def time_methods(batch, channels, size, dtype, backward, repeats, block_ms, devi
     """Seconds and minor page faults per call of each method (two dicts of lists), one sample
     per round: the methods are timed in blocks of back-to-back calls that last about
     ``block_ms`` each (as torch.utils.benchmark's blocked_autorange does), one block per
-    method and round, so that the samples of one round were taken side by side. A single call of a 50 us op right after the 100x slower unfold
-    reference would time the cache misses and page faults that the reference leaves behind,
-    not the op."""
+    method and round, so that the samples of one round were taken side by side. A single call
+    of a 50 us op right after the 100x slower unfold reference would time the cache misses and
+    page faults that the reference leaves behind, not the op."""
     methods = METHODS if backward else METHODS + (BANDWIDTH_METHOD,)
     cases = {m: make_case(m, batch, channels, size, dtype, backward, device) for m in methods}
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
