@@ -65,11 +65,20 @@ void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, in
   }
 }
 
-// out[c0 + cg, (row), j] = pixels[j * CG + cg] for j < n: the transpose back.
+// out[c0 + cg, r0 + r, j] = pixels[(r * width + j) * CG + cg] for r < rows, j < width: the
+// transpose back of a task's rows. Where those rows are contiguous in each channel (NCHW), one
+// transpose covers them all: runs per channel as long as the task, and no partial vector at
+// the end of every row.
 template <typename scalar_t, typename acc_t>
-inline void store_pixel_row(scalar_t* out_c0_row, const Strides4& os, const acc_t* pixels,
-                            int64_t CG, int64_t n) {
-  copy_channels(out_c0_row, os.c, os.w, pixels, 1, CG, CG, n);
+void store_pixel_rows(scalar_t* out_c0_r0, const Strides4& os, const acc_t* pixels, int64_t CG,
+                      int64_t width, int64_t rows) {
+  if (os.w == 1 && os.h == width) {
+    copy_channels(out_c0_r0, os.c, int64_t(1), pixels, int64_t(1), CG, CG, rows * width);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    copy_channels(out_c0_r0 + r * os.h, os.c, os.w, pixels + r * width * CG, int64_t(1), CG, CG,
+                  width);
 }
 
 // DenseK = K > 0 for stride 1, dilation 1 and a K the kernel is built for: tap v of pixel
@@ -94,7 +103,7 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     AlignedBuffer<acc_t> panel(max_panel_rows * Wp * CG);
     std::vector<acc_t> weight_rows(direct_weight ? 0 : KK * rb * Wo);
-    AlignedBuffer<acc_t> pixels(Wo * CG);
+    AlignedBuffer<acc_t> pixels(rb * Wo * CG);
     for (int64_t task = begin; task < end; ++task) {
       const Task tk = grid(task);
       const int64_t bg = tk.bg, b = tk.b, g = tk.g, i0 = tk.r0, rows = tk.rows;
@@ -123,6 +132,7 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
               for (int64_t e = 0; e < Wo; e += 64 / static_cast<int64_t>(sizeof(acc_t)))
                 __builtin_prefetch(w_rows + uv * uv_stride + (i + 1) * Wo + e);
         }
+        acc_t* pixels_i = pixels.data() + i * Wo * CG;
         // acc[r][nv] += w[u, v, i, j + r] * panel[i*s + u*d, (j + r)*s + v*d, nv-th vector]
         auto block = [&](int64_t j, auto pixels_in_block) {
           constexpr int64_t RB = decltype(pixels_in_block)::value;
@@ -182,11 +192,11 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
           INVOLUTION_UNROLL
           for (int64_t r = 0; r < RB; ++r)
             INVOLUTION_UNROLL
-            for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv].store(pixels.data() + (j + r) * CG + nv * VS);
+            for (int64_t nv = 0; nv < NV; ++nv) acc[r][nv].store(pixels_i + (j + r) * CG + nv * VS);
         };
         for_each_pixel_block<R>(Wo, block);
-        store_pixel_row(out + b * os.b + g * CG * os.c + (i0 + i) * os.h, os, pixels.data(), CG, Wo);
       }
+      store_pixel_rows(out + b * os.b + g * CG * os.c + i0 * os.h, os, pixels.data(), CG, Wo, rows);
     }
   });
 }
@@ -210,7 +220,7 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> w_panel(KK * max_i_rows * row_len);
     AlignedBuffer<acc_t> go_panel(max_i_rows * row_len * CG);
-    AlignedBuffer<acc_t> pixels(W * CG);
+    AlignedBuffer<acc_t> pixels(grid.block_rows() * W * CG);
     std::vector<std::pair<int64_t, int64_t>> rows_u;
     for (int64_t task = begin; task < end; ++task) {
       const Task tk = grid(task);
@@ -222,6 +232,7 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
       fill_pixel_panel(go_panel.data(), go + b * gs.b + g * CG * gs.c, gs, CG, Ho, Wo, i_lo, n_i,
                        row_len, -taps.j_lo);
       for (int64_t h = h0; h < h1; ++h) {
+        acc_t* pixels_h = pixels.data() + (h - h0) * W * CG;
         taps.rows_of(h, i_lo, rows_u);
         for (int64_t phi = 0; phi < s; ++phi) {
           auto block = [&](int64_t m, auto pixels_in_block) {
@@ -273,12 +284,13 @@ void grad_input_cv_impl(const InvolutionShape& sh, const scalar_t* go, const Str
             for (int64_t r = 0; r < RB; ++r)
               INVOLUTION_UNROLL
               for (int64_t nv = 0; nv < NV; ++nv)
-                acc[r][nv].store(pixels.data() + ((m + r) * s + phi) * CG + nv * VS);
+                acc[r][nv].store(pixels_h + ((m + r) * s + phi) * CG + nv * VS);
           };
           for_each_pixel_block<R>(taps.phase_len[phi], block);
         }
-        store_pixel_row(gx + b * gxs.b + g * CG * gxs.c + h * gxs.h, gxs, pixels.data(), CG, W);
       }
+      store_pixel_rows(gx + b * gxs.b + g * CG * gxs.c + h0 * gxs.h, gxs, pixels.data(), CG, W,
+                       h1 - h0);
     }
   });
 }

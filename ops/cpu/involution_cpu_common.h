@@ -196,8 +196,10 @@ inline void transpose_block(Vec<acc_t>* rows) {
 // dst[cg * dst_c + col * dst_w] = src[cg * src_c + col * src_w] for cg < CG, col < n, converting
 // to dst_t: between NCHW rows (unit column stride) and pixel-major panels (unit channel
 // stride), blocks of N = Vec::size() channels x up to N columns go through transpose_block
-// (masked loads and stores for a last, partial block); between two channel-contiguous
-// layouts (channels_last) it copies pixels.
+// (a last, partial block is the one ending at column n, overlapping the block before it and
+// rewriting its values, or with masked loads and stores when n < N: masked stores are
+// microcoded and slow on AMD's Zen cores); between two channel-contiguous layouts
+// (channels_last) it copies pixels.
 template <typename dst_t, typename src_t>
 void copy_channels(dst_t* dst, int64_t dst_c, int64_t dst_w, const src_t* src, int64_t src_c,
                    int64_t src_w, int64_t CG, int64_t n) {
@@ -211,6 +213,7 @@ void copy_channels(dst_t* dst, int64_t dst_c, int64_t dst_w, const src_t* src, i
     const bool rows_out = src_c == 1 && dst_w == 1;  // pixel-major -> NCHW rows
     if (CG % N == 0 && (rows_in || rows_out)) {
       for (int64_t col = 0; col < n; col += N) {
+        if (n - col < N && n >= N) col = n - N;
         const int64_t m = std::min(N, n - col);
         for (int64_t c0 = 0; c0 < CG; c0 += N) {
           Vec<dst_t> rows[N];
