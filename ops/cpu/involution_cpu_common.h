@@ -174,10 +174,39 @@ inline void for_each_pixel_block(int64_t n, const Block& block) {
 
 // ---- Layout conversions -----------------------------------------------------------------
 
+#if defined(CPU_CAPABILITY_AVX2)
+// 8x8 floats with in-lane unpacks and shuffles and one 128-bit lane exchange per row: 24
+// shuffles, where three rounds of interleave2 take 48 lane-crossing permutes.
+inline void transpose_8x8(Vec<float>* rows) {
+  __m256 pairs[8], quads[8];
+  INVOLUTION_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    pairs[2 * k] = _mm256_unpacklo_ps(rows[2 * k], rows[2 * k + 1]);
+    pairs[2 * k + 1] = _mm256_unpackhi_ps(rows[2 * k], rows[2 * k + 1]);
+  }
+  INVOLUTION_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const __m256* p = pairs + 4 * h;
+    quads[4 * h + 0] = _mm256_shuffle_ps(p[0], p[2], _MM_SHUFFLE(1, 0, 1, 0));
+    quads[4 * h + 1] = _mm256_shuffle_ps(p[0], p[2], _MM_SHUFFLE(3, 2, 3, 2));
+    quads[4 * h + 2] = _mm256_shuffle_ps(p[1], p[3], _MM_SHUFFLE(1, 0, 1, 0));
+    quads[4 * h + 3] = _mm256_shuffle_ps(p[1], p[3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  INVOLUTION_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    rows[k] = _mm256_permute2f128_ps(quads[k], quads[k + 4], 0x20);
+    rows[k + 4] = _mm256_permute2f128_ps(quads[k], quads[k + 4], 0x31);
+  }
+}
+#endif
+
 // Transposes a square block of N = Vec::size() vectors in registers (log2(N) rounds of
 // interleaving rows i and i + N/2): afterwards rows[k] holds what was column k.
 template <typename acc_t>
 inline void transpose_block(Vec<acc_t>* rows) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) return transpose_8x8(rows);
+#endif
   constexpr int64_t N = Vec<acc_t>::size();
   INVOLUTION_UNROLL
   for (int64_t round = 1; round < N; round *= 2) {
