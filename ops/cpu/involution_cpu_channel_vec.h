@@ -72,13 +72,11 @@ void fill_pixel_panel(acc_t* panel, const scalar_t* x_c0, const Strides4& xs, in
 template <typename scalar_t, typename acc_t>
 void store_pixel_rows(scalar_t* out_c0_r0, const Strides4& os, const acc_t* pixels, int64_t CG,
                       int64_t width, int64_t rows) {
-  if (os.w == 1 && os.h == width) {
-    copy_channels(out_c0_r0, os.c, int64_t(1), pixels, int64_t(1), CG, CG, rows * width);
-    return;
-  }
-  for (int64_t r = 0; r < rows; ++r)
+  const bool contiguous = os.w == 1 && os.h == width;
+  const int64_t runs = contiguous ? 1 : rows, run_len = contiguous ? rows * width : width;
+  for (int64_t r = 0; r < runs; ++r)
     copy_channels(out_c0_r0 + r * os.h, os.c, os.w, pixels + r * width * CG, int64_t(1), CG, CG,
-                  width);
+                  run_len);
 }
 
 // DenseK = K > 0 for stride 1, dilation 1 and a K the kernel is built for: tap v of pixel

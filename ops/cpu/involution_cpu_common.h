@@ -200,8 +200,9 @@ inline void transpose_8x8(Vec<float>* rows) {
 }
 #endif
 
-// Transposes a square block of N = Vec::size() vectors in registers (log2(N) rounds of
-// interleaving rows i and i + N/2): afterwards rows[k] holds what was column k.
+// Transposes a square block of N = Vec::size() vectors in registers (transpose_8x8 for AVX2
+// floats, else log2(N) rounds of interleaving rows i and i + N/2): afterwards rows[k] holds
+// what was column k.
 template <typename acc_t>
 inline void transpose_block(Vec<acc_t>* rows) {
 #if defined(CPU_CAPABILITY_AVX2)
