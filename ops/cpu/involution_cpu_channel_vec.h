@@ -122,18 +122,16 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
       fill_pixel_panel(panel.data(), x + b * xs.b + g * CG * xs.c, xs, CG, sh.H, sh.W, i0 * s - p,
                        (rows - 1) * s + (K - 1) * d + 1, Wp, p);
       for (int64_t i = 0; i < rows; ++i) {
-        if constexpr (direct_weight) {
-          // The K*K weight rows of the next output row are Ho*Wo apart: more streams than the
-          // hardware prefetcher follows, so fetch them while this row computes.
-          if (i0 + i + 1 < Ho)
-            for (int64_t uv = 0; uv < KK; ++uv)
-              for (int64_t e = 0; e < Wo; e += 64 / static_cast<int64_t>(sizeof(acc_t)))
-                __builtin_prefetch(w_rows + uv * uv_stride + (i + 1) * Wo + e);
-        }
+        // The K*K weight rows of the next output row are Ho*Wo apart: more streams than the
+        // hardware prefetcher follows, so each block fetches its columns of them, a block
+        // ahead. Spread over the row, not issued at its start: a burst of K*K rows of
+        // prefetches waits for free miss buffers.
+        const bool prefetch_next_row = direct_weight && i0 + i + 1 < Ho;
         acc_t* pixels_i = pixels.data() + i * Wo * CG;
         // acc[r][nv] += w[u, v, i, j + r] * panel[i*s + u*d, (j + r)*s + v*d, nv-th vector]
         auto block = [&](int64_t j, auto pixels_in_block) {
           constexpr int64_t RB = decltype(pixels_in_block)::value;
+          const int64_t next_row_ahead = Wo + std::min(RB, Wo - 1 - j);  // within the row
           Vec<acc_t> acc[RB][NV];
           INVOLUTION_UNROLL
           for (int64_t r = 0; r < RB; ++r)
@@ -150,8 +148,10 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
               const acc_t* x_u = panel.data() + ((i + u) * Wp + j) * CG;
               const acc_t* w_uv[DenseK];  // w[u, v, i, j]
               INVOLUTION_UNROLL
-              for (int64_t v = 0; v < DenseK; ++v)
+              for (int64_t v = 0; v < DenseK; ++v) {
                 w_uv[v] = w_rows + (u * DenseK + v) * uv_stride + i * Wo + j;
+                if (prefetch_next_row) __builtin_prefetch(w_uv[v] + next_row_ahead);
+              }
               INVOLUTION_UNROLL
               for (int64_t k = 0; k < RB + DenseK - 1; ++k) {
                 Vec<acc_t> xv[NV];
@@ -176,6 +176,7 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
               for (int64_t v = 0; v < K; ++v) {
                 const acc_t* x_uv = x_u + v * d * CG;
                 const acc_t* w_uv = w_u + v * uv_stride;
+                if (prefetch_next_row) __builtin_prefetch(w_uv + next_row_ahead);
                 INVOLUTION_UNROLL
                 for (int64_t r = 0; r < RB; ++r) {
                   const Vec<acc_t> wv(w_uv[r]);
