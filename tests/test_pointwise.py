@@ -114,6 +114,32 @@ def test_backward_is_conv2d_backward(shape, mask, layout):
             assert g is None
 
 
+@pytest.mark.parametrize('shape', SHAPES)
+@pytest.mark.parametrize('accumulate_layout', ['contiguous', 'channels_last', 'float32'])
+@pytest.mark.parametrize('x_layout', ['contiguous', 'channels_last'])
+def test_backward_adds_the_input_gradient_into_accumulate(shape, accumulate_layout, x_layout):
+    # the GEMM adds into a contiguous accumulator of its dtype; any other takes an add pass
+    torch.manual_seed(0)
+    batch, c, h, width, o = SHAPES[shape]
+    x = torch.randn(batch, c, h, width, dtype=torch.float64)
+    if x_layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(o, c, 1, 1, dtype=torch.float64)
+    grad_out = torch.randn(batch, o, h, width, dtype=torch.float64)
+    accumulate = torch.randn(batch, c, h, width, dtype=torch.float64)
+    if accumulate_layout == 'channels_last':
+        accumulate = accumulate.contiguous(memory_format=torch.channels_last)
+    elif accumulate_layout == 'float32':
+        accumulate = accumulate.float()
+    expected_x, expected_weight, _ = conv1x1_backward(grad_out, x, weight, (True, True, False))
+    expected_x = (accumulate + expected_x).to(accumulate.dtype)
+    grad_x, grad_weight, grad_bias = conv1x1_backward(grad_out, x, weight, (True, True, False),
+                                                      accumulate)
+    assert grad_x is accumulate and grad_bias is None
+    torch.testing.assert_close(grad_x, expected_x)
+    torch.testing.assert_close(grad_weight, expected_weight)
+
+
 @pytest.mark.parametrize('stride', [2, 3, (2, 1)])
 @pytest.mark.parametrize('size', [(7, 7), (8, 5)])
 def test_strided_1x1_conv_takes_every_strided_pixel(stride, size):

@@ -67,19 +67,47 @@ def conv1x1(x, weight, bias=None):
     return out.view(b, o, h, w)
 
 
-def conv1x1_backward(grad_output, x, weight, output_mask):
+def _input_grad_gemm(grad_output, matrix, accumulate):
+    """``accumulate + conv1x1(grad_output, matrix.t())`` for contiguous ``grad_output``
+    (B, O, H, W), an (O, C) ``matrix`` and a contiguous ``accumulate`` (B, C, H, W) of the
+    same dtype, computed into ``accumulate``: the GEMM adds its product to what is there
+    instead of writing a new tensor for a separate add pass."""
+    b, o, h, w = grad_output.shape
+    c = matrix.shape[1]
+    out = accumulate.view(b, c, h * w)
+    if _folds_batch(b, o, c, h * w):
+        product = torch.mm(matrix.t(), grad_output.view(b, o, h * w).transpose(0, 1)
+                           .reshape(o, b * h * w))
+        out.add_(product.view(c, b, h * w).transpose(0, 1))
+    else:
+        out.baddbmm_(matrix.t().expand(b, -1, -1), grad_output.view(b, o, h * w))
+    return accumulate
+
+
+def conv1x1_backward(grad_output, x, weight, output_mask, accumulate=None):
     """Gradients of ``conv1x1(x, weight, bias)`` w.r.t. x, weight and bias, each computed
     where ``output_mask`` asks for it (None elsewhere), by the same GEMMs as
-    :func:`conv1x1`; ``aten.convolution_backward`` where conv1x1 would use conv2d."""
+    :func:`conv1x1`; ``aten.convolution_backward`` where conv1x1 would use conv2d. With
+    ``accumulate`` (a tensor of x's shape, which this may overwrite) the x gradient returned
+    is ``accumulate`` plus the conv's."""
     if not (_gemm_applies(x, weight) and grad_output.is_contiguous()):
-        return torch.ops.aten.convolution_backward(
+        grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_output, x, weight, [weight.shape[0]] if output_mask[2] else None, [1, 1],
             [0, 0], [1, 1], False, [0, 0], 1, list(output_mask))
+        if accumulate is not None and grad_x is not None:
+            grad_x = accumulate.add_(grad_x)
+        return grad_x, grad_weight, grad_bias
     b, c, h, w = x.shape
     o = weight.shape[0]
     grad_x = grad_weight = grad_bias = None
     if output_mask[0]:
-        grad_x = conv1x1(grad_output, weight.reshape(o, c).t().reshape(c, o, 1, 1))
+        matrix = weight.reshape(o, c)
+        if accumulate is None:
+            grad_x = conv1x1(grad_output, matrix.t().reshape(c, o, 1, 1))
+        elif accumulate.is_contiguous() and accumulate.dtype == grad_output.dtype:
+            grad_x = _input_grad_gemm(grad_output, matrix, accumulate)
+        else:
+            grad_x = accumulate.add_(conv1x1(grad_output, matrix.t().reshape(c, o, 1, 1)))
     if output_mask[1]:
         if _folds_batch(b, c, o, h * w):
             grad_weight = torch.mm(grad_output.view(b, o, h * w).transpose(0, 1).reshape(o, -1),

@@ -43,7 +43,9 @@ def _is_pointwise(weight, stride, padding, dilation, groups):
 
 class _Pass:
     """One run of a chain's stages: the forward, or its recomputation in backward, which
-    also records each stage's derivative (a closure over what it needs) in ``records``."""
+    also records each stage's derivative in ``records``: a closure over what it needs,
+    called as ``record(grad, accumulate=None)``, which returns the gradient of the stage's
+    input, added into ``accumulate`` (overwriting it) where that is given."""
 
     def __init__(self, tensors, stats=None, needs_grad=None):
         self.tensors = tensors
@@ -59,6 +61,12 @@ class _Pass:
         first = self.index
         self.index += n
         return first, self.tensors[first:self.index]
+
+    def _record(self, derivative):
+        """Records a derivative that computes its gradient apart; the sum with
+        ``accumulate`` is one more pass."""
+        self.records.append(lambda grad, accumulate=None: derivative(grad) if accumulate is None
+                            else accumulate.add_(derivative(grad)))
 
     def run(self, stages, x, need_output=True):
         last = len(stages) - 1
@@ -97,7 +105,7 @@ class _Pass:
                     grad, x, weight, *args, batch_stats, eps, [True, *needs])
                 self.grads[first:first + 2] = grad_weight, grad_bias
                 return grad_x
-            self.records.append(backward)
+            self._record(backward)
         if not need_output:
             return None
         scale = invstd if weight is None else invstd * weight
@@ -108,8 +116,7 @@ class _Pass:
         # a stage's output is its own to overwrite
         out = x.relu_() if fresh else x.relu()
         if self.recording:
-            self.records.append(
-                lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
+            self._record(lambda grad: torch.ops.aten.threshold_backward(grad, out, 0))
         return out
 
     def _conv(self, stage, x, fresh, need_output):
@@ -119,13 +126,16 @@ class _Pass:
         if self.recording:
             mask = [True, self.needs_grad[first], self.needs_grad[first + 1] and bias is not None]
 
-            def backward(grad):
-                if pointwise:
-                    grad_x, grad_weight, grad_bias = conv1x1_backward(grad, x, weight, mask)
+            def backward(grad, accumulate=None):
+                if pointwise:  # the input gradient's GEMM adds into ``accumulate``
+                    grad_x, grad_weight, grad_bias = conv1x1_backward(grad, x, weight, mask,
+                                                                      accumulate)
                 else:
                     grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                         grad, x, weight, None if bias is None else [bias.shape[0]], stride,
                         padding, dilation, False, [0, 0], groups, mask)
+                    if accumulate is not None:
+                        grad_x = accumulate.add_(grad_x)
                 self.grads[first:first + 2] = grad_weight, grad_bias
                 return grad_x
             self.records.append(backward)
@@ -141,7 +151,7 @@ class _Pass:
             return max_pool(x, kernel_size, stride, padding, dilation, ceil_mode)
         out, indices = max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
                                 return_indices=True)
-        self.records.append(lambda grad: torch.ops.aten.max_pool2d_with_indices_backward(
+        self._record(lambda grad: torch.ops.aten.max_pool2d_with_indices_backward(
             grad, x, kernel_size, stride, padding, dilation, ceil_mode, indices))
         return out
 
@@ -158,12 +168,15 @@ class _Pass:
                     grad, weight, list(x.shape[2:]), *hyper)
                 grad_kernel = torch.ops.involution_mm.involution_grad_weight(
                     grad, x, *hyper, weight.shape[1]).flatten(1, 3)
-                while branch_records:
+                # x feeds the op and the branch: the branch's first stage adds its input
+                # gradient into the op's (the op's output is this closure's own)
+                while len(branch_records) > 1:
                     grad_kernel = branch_records.pop()(grad_kernel)
-                if stride != 1:
-                    grad_kernel = ceil_avg_pool_backward(grad_kernel, x.shape[2:], stride)
-                return grad_x + grad_kernel
-            self.records.append(backward)
+                if stride == 1:
+                    return branch_records.pop()(grad_kernel, accumulate=grad_x)
+                grad_kernel = branch_records.pop()(grad_kernel)
+                return grad_x.add_(ceil_avg_pool_backward(grad_kernel, x.shape[2:], stride))
+            self._record(backward)
         if not need_output:
             return None
         return involution(x, kernel, *hyper)
