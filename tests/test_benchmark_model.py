@@ -51,9 +51,11 @@ def test_compiled_run_reports_compiled_and_eager_times_and_the_isa(tmp_path, too
     out = tmp_path / 'compiled.json'
     result = tools.run_tool([TOOL, '--scenarios', 'infer_bs1_compiled', '--models', 'rednet26',
                              'resnet50', '--repeats', '1', '--threads', '1', '--image-size',
-                             '64', '--no-memory', '--no-plot', '--out', str(out)], timeout=900)
+                             '64', '--inductor-options', 'layout_optimization=False',
+                             '--no-memory', '--no-plot', '--out', str(out)], timeout=900)
     assert result.returncode == 0, result.stdout
     data = json.loads(out.read_text())
+    assert data['inductor_options'] == {'layout_optimization': False}
     res = data['results']['infer_bs1_compiled']
     models = {'rednet26', 'resnet50'}
     assert set(res['time_ms']) == set(res['eager_time_ms']) == set(res['first_call_s']) == models
@@ -99,6 +101,9 @@ def test_batch_size_in_scenario_name_and_autocast(tmp_path, tools):
     (['--scenarios', 'sem_fpn_infer'], "unknown scenario 'sem_fpn_infer'"),
     (['--models', 'vgg16'], "invalid choice: 'vgg16'"),
     (['--threads', '0'], '--threads must be positive'),
+    (['--inductor-options', 'layout_optimization'], 'expected KEY=VALUE'),
+    (['--inductor-options', 'no_such_setting=1'], "has no setting 'no_such_setting'"),
+    (['--inductor-options', 'layout_optimization=no'], 'must be a Python literal'),
 ])
 def test_bad_arguments(args, message, tools):
     result = tools.run_tool([TOOL, *args])

@@ -50,6 +50,7 @@ Writes JSON (machine, versions, command) and a bar plot of the ratios next to it
         train_bs32 --models rednet50 resnet50 --out work_dirs/model_cuda_bf16.json
 """
 import argparse
+import ast
 import gc
 import os
 import re
@@ -112,6 +113,9 @@ def parse_args(argv=None):
                         help="the ResNets' implementation (default: mmdet's where it imports)")
     parser.add_argument('--channels-last', action='store_true',
                         help='models and inputs in torch.channels_last')
+    parser.add_argument('--inductor-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='torch._inductor.config settings for the compiled scenarios, '
+                             'e.g. layout_optimization=False (as torch.compile\'s options)')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
     parser.add_argument('--no-plot', action='store_true')
     # Internal: one memory measurement in a fresh process.
@@ -120,6 +124,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error('--repeats must be at least 1')
+    args.inductor_options = _inductor_options(parser, args.inductor_options)
     if args.image_size < 32 or args.det_size < 64 or min(args.seg_size) < 64:
         parser.error('--image-size must be at least 32, --det-size and --seg-size at least 64')
     if args.threads is not None and args.threads < 1:
@@ -140,6 +145,23 @@ def parse_args(argv=None):
     if not _imports('mmdet.models' if args.resnet == 'mmdet' else 'torchvision'):
         parser.error(f'--resnet {args.resnet}: {args.resnet} does not import here')
     return args
+
+
+def _inductor_options(parser, items):
+    import torch._inductor.config as inductor_config
+    options = {}
+    for item in items:
+        key, sep, text = item.partition('=')
+        if not sep:
+            parser.error(f'--inductor-options: expected KEY=VALUE, got {item!r}')
+        if not hasattr(inductor_config, key):
+            parser.error(f'--inductor-options: torch._inductor.config has no setting {key!r}')
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parser.error(f'--inductor-options: the value of {key} must be a Python literal '
+                         f'(True, 3, \'name\'), got {text!r}')
+    return options
 
 
 def backbone_scenario(name):
@@ -525,6 +547,9 @@ def main(argv=None):
         name, scenario = args.memory_probe
         print(memory_probe(name, scenario, args))
         return
+    import torch._inductor.config as inductor_config
+    for key, value in args.inductor_options.items():
+        setattr(inductor_config, key, value)
     import involution_mm
     if not involution_mm.ops.HAS_EXTENSION:
         raise SystemExit('benchmark_model: the compiled extension is missing; build it first '
@@ -573,6 +598,7 @@ def main(argv=None):
         'amp': args.amp or 'float32', 'resnet': args.resnet, 'repeats': args.repeats,
         'channels_last': args.channels_last, 'image_size': args.image_size,
         'det_size': args.det_size, 'seg_size': args.seg_size,
+        'inductor_options': args.inductor_options,
         'notes': 'time_ms: medians of interleaved runs; peak_memory_mib: ' + (
             'growth of torch.cuda.max_memory_allocated while building the model and running '
             'two iterations' if args.device == 'cuda' else
