@@ -26,7 +26,9 @@ Scenarios (``--scenarios``; N is the batch size):
   model's backbone and neck compiled in place (``nn.Module.compile``, inductor,
   ``fullgraph=True``), the heads eager (the detectors' proposal sampling and target
   assignment have data-dependent shapes), timed against the eager models as the compiled
-  backbone scenarios are.
+  backbone scenarios are. ``--inductor-options KEY=VALUE ...`` sets inductor's settings for
+  all of them (``layout_optimization=False``: convolutions in the graphs' own layout
+  instead of channels_last, whose backward is slow on some CPUs); the JSON records them.
 
 The OpenMMLab models are built from their configs as a user's single-process run would be,
 with SyncBN as BN and nothing pretrained loaded.
