@@ -67,6 +67,12 @@ def conv1x1(x, weight, bias=None):
     return out.view(b, o, h, w)
 
 
+def add_into(accumulate, grad):
+    """``grad`` added into ``accumulate`` (overwritten and returned); ``grad`` itself where
+    ``accumulate`` is None."""
+    return grad if accumulate is None else accumulate.add_(grad)
+
+
 def _input_grad_gemm(grad_output, matrix, accumulate):
     """``accumulate + conv1x1(grad_output, matrix.t())`` for contiguous ``grad_output``
     (B, O, H, W), an (O, C) ``matrix`` and a contiguous ``accumulate`` (B, C, H, W) of the
@@ -94,20 +100,19 @@ def conv1x1_backward(grad_output, x, weight, output_mask, accumulate=None):
         grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
             grad_output, x, weight, [weight.shape[0]] if output_mask[2] else None, [1, 1],
             [0, 0], [1, 1], False, [0, 0], 1, list(output_mask))
-        if accumulate is not None and grad_x is not None:
-            grad_x = accumulate.add_(grad_x)
+        if grad_x is not None:
+            grad_x = add_into(accumulate, grad_x)
         return grad_x, grad_weight, grad_bias
     b, c, h, w = x.shape
     o = weight.shape[0]
     grad_x = grad_weight = grad_bias = None
     if output_mask[0]:
         matrix = weight.reshape(o, c)
-        if accumulate is None:
-            grad_x = conv1x1(grad_output, matrix.t().reshape(c, o, 1, 1))
-        elif accumulate.is_contiguous() and accumulate.dtype == grad_output.dtype:
+        if (accumulate is not None and accumulate.is_contiguous()
+                and accumulate.dtype == grad_output.dtype):
             grad_x = _input_grad_gemm(grad_output, matrix, accumulate)
         else:
-            grad_x = accumulate.add_(conv1x1(grad_output, matrix.t().reshape(c, o, 1, 1)))
+            grad_x = add_into(accumulate, conv1x1(grad_output, matrix.t().reshape(c, o, 1, 1)))
     if output_mask[1]:
         if _folds_batch(b, c, o, h * w):
             grad_weight = torch.mm(grad_output.view(b, o, h * w).transpose(0, 1).reshape(o, -1),

@@ -28,7 +28,7 @@ from mmcv.cnn import ConvModule
 from torch.nn.modules.utils import _pair
 
 from .involution import HAS_EXTENSION, involution
-from .pointwise import BATCH_NORMS, _without_hooks, conv1x1, conv1x1_backward
+from .pointwise import BATCH_NORMS, _without_hooks, add_into, conv1x1, conv1x1_backward
 from .pooling import ceil_avg_pool, ceil_avg_pool_backward, max_pool
 from .reference import canonical_weight, default_padding
 
@@ -65,8 +65,8 @@ class _Pass:
     def _record(self, derivative):
         """Records a derivative that computes its gradient apart; the sum with
         ``accumulate`` is one more pass."""
-        self.records.append(lambda grad, accumulate=None: derivative(grad) if accumulate is None
-                            else accumulate.add_(derivative(grad)))
+        self.records.append(
+            lambda grad, accumulate=None: add_into(accumulate, derivative(grad)))
 
     def run(self, stages, x, need_output=True):
         last = len(stages) - 1
@@ -134,8 +134,7 @@ class _Pass:
                     grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                         grad, x, weight, None if bias is None else [bias.shape[0]], stride,
                         padding, dilation, False, [0, 0], groups, mask)
-                    if accumulate is not None:
-                        grad_x = accumulate.add_(grad_x)
+                    grad_x = add_into(accumulate, grad_x)
                 self.grads[first:first + 2] = grad_weight, grad_bias
                 return grad_x
             self.records.append(backward)
