@@ -108,16 +108,17 @@ inline void store_first(acc_t* p, const Vec<acc_t>& v, int64_t n) {
 }
 
 // Tap offsets and lane masks of the flat kernels, for tasks of up to `max_rows` rows that
-// start at a row start. Tap t = u*K + v of pixel q reads q + offset[t]; it is inside the image
-// for the lanes of row_bits(u, ...) & col_bits(q, v).
+// start at a row start, in vectors of VS lanes. Tap t = u*K + v of pixel q reads
+// q + offset[t]; it is inside the image for the lanes of row_bits(u, ...) & col_bits(q, v).
+template <int64_t VS>
 struct FlatTaps {
-  int64_t K, H, W, VS;
+  int64_t K, H, W;
   std::vector<int64_t> offset;
   std::vector<int64_t> row_lo, row_hi;  // per u: the output rows whose tap row is inside
   std::vector<uint32_t> cols;           // [(q / VS) * K + v]
 
-  FlatTaps(const InvolutionShape& sh, int64_t max_rows, int64_t vs)
-      : K(sh.K), H(sh.H), W(sh.W), VS(vs), offset(sh.kk()), row_lo(sh.K), row_hi(sh.K) {
+  FlatTaps(const InvolutionShape& sh, int64_t max_rows)
+      : K(sh.K), H(sh.H), W(sh.W), offset(sh.kk()), row_lo(sh.K), row_hi(sh.K) {
     const int64_t d = sh.dilation, p = sh.padding;
     for (int64_t u = 0; u < K; ++u) {
       row_lo[u] = std::clamp<int64_t>(p - u * d, 0, H);
@@ -142,7 +143,8 @@ struct FlatTaps {
     const int64_t hi = (std::min(row_hi[u], i0 + rows) - i0) * W;
     return lane_range(q, lo, hi, VS);
   }
-  uint32_t col_bits(int64_t q, int64_t v) const { return cols[(q / VS) * K + v]; }
+  uint32_t col_bits(int64_t q, int64_t v) const { return cols_of(q)[v]; }
+  const uint32_t* cols_of(int64_t q) const { return cols.data() + (q / VS) * K; }  // [v]
 };
 
 // Element strides of a contiguous (N, planes, H, W) tensor: the weight and its gradient.
@@ -221,6 +223,7 @@ class FlatOutput {
   }
 
   acc_t* plane(int64_t c) const { return origin_ + c * stride_; }
+  int64_t stride() const { return stride_; }
 
   // As FlatPlanes::ahead.
   int64_t ahead(int64_t n, int64_t c0, int64_t i0) const {
@@ -268,7 +271,7 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
   const TaskGrid grid(sh, H);
   const int64_t rb = grid.block_rows();
-  const FlatTaps taps(sh, rb, VS);
+  const FlatTaps<VS> taps(sh, rb);
   const uint32_t all_lanes = low_lanes(VS);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
@@ -364,7 +367,7 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
   const TaskGrid grid(sh, H);
   const int64_t rb = grid.block_rows();
-  const FlatTaps taps(sh, rb, VS);
+  const FlatTaps<VS> taps(sh, rb);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     FlatPlanes<scalar_t, acc_t> grads(go, gs, CG, H, W, rb, 0, 0, false);
@@ -382,17 +385,20 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
         const Task next = grid(task + 1);
         out_next = out.ahead(next.bg, 0, next.r0);
       }
-      auto vectors = [&](int64_t q, auto vectors_in_block) {
+      // `step`: the dilation, as a constant where it is 1, so that the taps of a block are
+      // fixed displacements of one pointer (as run-time offsets they outnumber the general
+      // registers, and every FMA would reload its address from the stack). `full`: all NQ
+      // vectors lie inside the task; only the last block of a task may take the masked form,
+      // whose accumulators the compiler keeps in memory.
+      auto vectors = [&](int64_t q, auto vectors_in_block, auto step, auto full) {
         constexpr int64_t NQ = decltype(vectors_in_block)::value;
-        // The pixels of each vector (the last one of a task may be partial) and the lanes of
-        // each kernel row u that stay inside the image.
+        constexpr bool kFull = decltype(full)::value;
+        const int64_t cg = CG, go_stride = grads.stride(), x_stride = inputs.stride();
+        const int64_t out_stride = out.stride();
+        // The pixels of each vector and the lanes of each kernel row u inside the image.
         int64_t n[NQ];
-        LaneMask<acc_t> lanes[NQ];
         INVOLUTION_UNROLL
-        for (int64_t r = 0; r < NQ; ++r) {
-          n[r] = std::min(VS, pixels - q - r * VS);
-          lanes[r] = LaneMask<acc_t>(low_lanes(n[r]));
-        }
+        for (int64_t r = 0; r < NQ; ++r) n[r] = kFull ? VS : std::min(VS, pixels - q - r * VS);
         for (int64_t u = 0; u < K; ++u) {
           uint32_t rows_in[NQ];
           INVOLUTION_UNROLL
@@ -405,40 +411,56 @@ void grad_weight_flat_impl(const InvolutionShape& sh, const scalar_t* go, const 
             for (int64_t k = 0; k < T; ++k)
               INVOLUTION_UNROLL
               for (int64_t r = 0; r < NQ; ++r) acc[k][r] = Vec<acc_t>(acc_t(0));
-            const acc_t* x_t[T];
-            INVOLUTION_UNROLL
-            for (int64_t k = 0; k < T; ++k) x_t[k] = inputs.plane(0) + q + taps.offset[t0 + k];
-            const acc_t* go_q = grads.plane(0) + q;
-            const int64_t go_stride = grads.stride(), x_stride = inputs.stride();
-            for (int64_t c = 0; c < CG; ++c) {
-              const acc_t* go_c = go_q + c * go_stride;
+            const acc_t* x_c = inputs.plane(0) + q + taps.offset[t0];  // tap k: + k * step
+            const acc_t* go_c = grads.plane(0) + q;
+            for (int64_t c = 0; c < cg; ++c, x_c += x_stride, go_c += go_stride) {
               Vec<acc_t> gv[NQ];
               INVOLUTION_UNROLL
-              for (int64_t r = 0; r < NQ; ++r)
-                gv[r] = n[r] == VS ? Vec<acc_t>::loadu(go_c + r * VS) : lanes[r].load(go_c + r * VS);
+              for (int64_t r = 0; r < NQ; ++r) {
+                if (kFull || n[r] == VS) gv[r] = Vec<acc_t>::loadu(go_c + r * VS);
+                else gv[r] = LaneMask<acc_t>(low_lanes(n[r])).load(go_c + r * VS);
+              }
               INVOLUTION_UNROLL
               for (int64_t k = 0; k < T; ++k)
                 INVOLUTION_UNROLL
                 for (int64_t r = 0; r < NQ; ++r)
-                  acc[k][r] = at::vec::fmadd(gv[r], Vec<acc_t>::loadu(x_t[k] + c * x_stride + r * VS),
+                  acc[k][r] = at::vec::fmadd(gv[r], Vec<acc_t>::loadu(x_c + k * step + r * VS),
                                              acc[k][r]);
             }
+            // Through memory: with the masking below, the compiler would keep acc there and
+            // zero it with a slow `rep stos` before every block.
+            alignas(64) acc_t sums[T][NQ][VS];
             INVOLUTION_UNROLL
             for (int64_t k = 0; k < T; ++k)
               INVOLUTION_UNROLL
-              for (int64_t r = 0; r < NQ; ++r) {
-                const int64_t qr = q + r * VS;
-                const LaneMask<acc_t> inside(rows_in[r] & taps.col_bits(qr, v0 + k));
-                store_first(out.plane(t0 + k) + qr, inside.select(acc[k][r]), n[r]);
-                const int64_t out_ahead = prefetch_distance(qr, pixels, out_next, VS);
-                if (out_ahead != 0) __builtin_prefetch(out.plane(t0 + k) + qr + out_ahead, 1);
+              for (int64_t r = 0; r < NQ; ++r) acc[k][r].store(sums[k][r]);
+            INVOLUTION_UNROLL
+            for (int64_t r = 0; r < NQ; ++r) {
+              const int64_t qr = q + r * VS;
+              const uint32_t* cols = taps.cols_of(qr) + v0;
+              const int64_t out_ahead = prefetch_distance(qr, pixels, out_next, VS);
+              acc_t* dst = out.plane(t0) + qr;
+              INVOLUTION_UNROLL
+              for (int64_t k = 0; k < T; ++k, dst += out_stride) {
+                const Vec<acc_t> sums_k =
+                    LaneMask<acc_t>(rows_in[r] & cols[k]).select(Vec<acc_t>::loadu(sums[k][r]));
+                if (kFull) sums_k.store(dst);
+                else store_first(dst, sums_k, n[r]);
+                if (out_ahead != 0) __builtin_prefetch(dst + out_ahead, 1);
               }
+            }
           });
         }
       };
-      for_each_pixel_block<RQ>(ceil_div(pixels, VS), [&](int64_t first, auto block) {
-        vectors(first * VS, block);
-      });
+      auto all_vectors = [&](auto step) {
+        for_each_pixel_block<RQ>(ceil_div(pixels, VS), [&](int64_t first, auto block) {
+          const int64_t q = first * VS;
+          if (q + decltype(block)::value * VS <= pixels) vectors(q, block, step, std::true_type{});
+          else vectors(q, block, step, std::false_type{});
+        });
+      };
+      if (sh.dilation == 1) all_vectors(BlockSize<1>{});
+      else all_vectors(sh.dilation);
       out.flush(rows);
     }
   });
