@@ -339,8 +339,9 @@ struct InputTaps {
     for (int64_t uv = 0; uv < sh.kk(); ++uv)
       for (int64_t ii = 0; ii < n_i; ++ii) {
         acc_t* dst = panel + (uv * n_i + ii) * row_len();
-        std::fill(dst, dst + row_len(), acc_t(0));
+        std::fill(dst, dst - j_lo, acc_t(0));
         convert_copy(w_bg + (uv * sh.Ho + i_lo + ii) * sh.Wo, dst - j_lo, sh.Wo);
+        std::fill(dst - j_lo + sh.Wo, dst + row_len(), acc_t(0));
       }
   }
 };
