@@ -309,3 +309,16 @@ def test_conv_norm_act_runs_the_layers_where_the_op_does_not_apply():
             torch.testing.assert_close(conv_norm_act(*args), args[3](args[2](args[1](args[0]))))
         bn.register_forward_hook(lambda *_: None)
         assert not _calls_epilogue(lambda: conv_norm_act(x, conv, bn, relu))
+
+
+def test_training_conv_norm_act_with_residual_matches_its_layers():
+    conv, bn, relu = _conv_norm_relu(norm_training=True)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    identity = torch.randn(2, 6, 5, 5, requires_grad=True)
+    out = conv_norm_act(x, conv, bn, relu, identity)
+    grads = torch.autograd.grad(out.square().sum(), (x, identity, conv.weight, bn.weight))
+    expected = relu(bn(conv(x)) + identity)
+    want = torch.autograd.grad(expected.square().sum(), (x, identity, conv.weight, bn.weight))
+    torch.testing.assert_close(out, expected)
+    for got, ref in zip(grads, want):
+        torch.testing.assert_close(got, ref)
