@@ -123,6 +123,16 @@ InvolutionShape check_grad_weight_args(const at::Tensor& grad_output, const at::
   return shape;
 }
 
+void check_channel_vector(const char* op, const std::optional<at::Tensor>& v, const char* name,
+                          const at::Tensor& like, int64_t channels) {
+  if (!v) return;
+  TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == channels, op, ": ", name,
+                    " must have shape (", channels, ",), got ", v->sizes());
+  TORCH_CHECK_VALUE(v->scalar_type() == like.scalar_type() && v->device() == like.device(), op,
+                    ": ", name, " must be ", like.scalar_type(), " on ", like.device(),
+                    " like the input, got ", v->scalar_type(), " on ", v->device());
+}
+
 at::Tensor empty_output(const InvolutionShape& shape, const at::Tensor& input) {
   return at::empty({shape.B, shape.C, shape.Ho, shape.Wo},
                    input.options().memory_format(input.suggest_memory_format()));
@@ -231,6 +241,11 @@ TORCH_LIBRARY(involution_mm, m) {
         tags);
   m.def("involution_grad_weight(Tensor grad_output, Tensor input, int kernel_size, int stride, "
         "int dilation, int padding, int groups) -> Tensor",
+        tags);
+  // Inference only (no autograd, CPU): involution, then y * scale + shift per channel and
+  // optionally ReLU, applied by the kernel while each block of output is in cache.
+  m.def("involution_epilogue(Tensor input, Tensor weight, int kernel_size, int stride, "
+        "int dilation, int padding, Tensor? scale, Tensor? shift, bool relu) -> Tensor",
         tags);
 }
 

@@ -1,9 +1,12 @@
 """The Involution layer: official parameter names, output sizes, norm configs, autocast."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 
 from involution_mm.ops import Involution, involution, involution_reference
+from involution_mm.ops.module import involution_norm_act
 from involution_mm.ops.pooling import ceil_avg_pool, ceil_avg_pool_backward, max_pool
 
 
@@ -32,6 +35,60 @@ def test_forward_is_the_op_on_the_generated_kernel():
     kernel = module.conv2(module.conv1(ceil_avg_pool(x, 2)))
     expected = involution_reference(x, kernel, 5, 2, 2)
     torch.testing.assert_close(module(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def _involution_bn_relu(stride=1):
+    torch.manual_seed(0)
+    layer = Involution(32, 7, stride, group_channels=16).eval()
+    bn = nn.BatchNorm2d(32).eval()
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.uniform_(bn.bias, -0.2, 0.2)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    return layer, bn, nn.ReLU(inplace=True)
+
+
+def _calls_involution_epilogue(fn):
+    with torch.profiler.profile() as prof:
+        fn()
+    return any(e.name == 'involution_mm::involution_epilogue' for e in prof.events())
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('norm', ['bn', 'identity', 'none'])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+def test_involution_norm_act_in_inference_is_its_layers_in_one_op(stride, norm, layout):
+    layer, bn, relu = _involution_bn_relu(stride)
+    norm = {'bn': bn, 'identity': nn.Identity(), 'none': None}[norm]
+    x = torch.randn(2, 32, 11, 9)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = layer(x)
+        expected = (out if norm is None else norm(out)).relu()
+        torch.testing.assert_close(involution_norm_act(x, layer, norm, relu), expected)
+        assert _calls_involution_epilogue(lambda: involution_norm_act(x, layer, norm, relu))
+
+
+def test_involution_norm_act_runs_the_layers_where_the_op_does_not_apply():
+    layer, bn, relu = _involution_bn_relu()
+    x = torch.randn(2, 32, 9, 8)
+    with torch.no_grad():
+        expected = relu(bn(layer(x)))
+    out = involution_norm_act(x, layer, bn, relu)  # gradients wanted
+    assert out.requires_grad
+    torch.testing.assert_close(out, expected)
+    with torch.no_grad():
+        training_bn = nn.BatchNorm2d(32).train()
+        bfloat16 = (x.bfloat16(), copy.deepcopy(layer).bfloat16(), copy.deepcopy(bn).bfloat16())
+        for args in ((x, layer, training_bn, relu), (x, layer, bn, nn.GELU()), (*bfloat16, relu)):
+            assert not _calls_involution_epilogue(lambda: involution_norm_act(*args))
+            torch.testing.assert_close(involution_norm_act(*args),
+                                       args[3](args[2](args[1](args[0]))))
+        seen = []
+        layer.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        assert not _calls_involution_epilogue(lambda: involution_norm_act(x, layer, bn, relu))
+        assert seen == [(2, 32, 9, 8)]
 
 
 @pytest.mark.parametrize('size', [(8, 6), (7, 9), (5, 5)])

@@ -69,6 +69,57 @@ def test_dtypes_and_layouts(dtype, layout, kernel_size, stride, dilation, shape)
         assert_matches(a, e, dtype, name)
 
 
+EPILOGUES = {'bn_relu': (True, True, True), 'shift': (False, True, False),
+             'scale_relu': (True, False, True), 'none': (False, False, False)}
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16, torch.float16],
+                         ids=str)
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last', 'strided'])
+@pytest.mark.parametrize('kernel_size,stride,dilation', [(7, 1, 1), (3, 2, 1)])
+@pytest.mark.parametrize('shape', [(2, 32, 2, 9, 14), (1, 12, 3, 8, 7)],
+                         ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('epilogue', list(EPILOGUES))
+def test_epilogue_is_scale_shift_relu_of_the_output(epilogue, dtype, layout, kernel_size,
+                                                    stride, dilation, shape):
+    """involution_epilogue = relu(involution * scale + shift) per channel, in every kernel
+    family (the shapes' group sizes and strides take the channel-vectorised, flat and panel
+    kernels) and layout, against the float64 reference."""
+    b, c, g, h, w_ = shape
+    x, w, p = make_inputs(b, c, g, h, w_, kernel_size, stride, dilation, dtype, layout)
+    with_scale, with_shift, relu = EPILOGUES[epilogue]
+    gen = torch.Generator().manual_seed(3)
+    scale = (torch.rand(c, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    shift = torch.randn(c, generator=gen, dtype=torch.float64).to(dtype)
+    out = torch.ops.involution_mm.involution_epilogue(
+        x, w, kernel_size, stride, dilation, p, scale if with_scale else None,
+        shift if with_shift else None, relu)
+    want = involution_reference(x.double(), w.double(), kernel_size, stride, dilation, p)
+    if with_scale:
+        want = want * scale.double()[:, None, None]
+    if with_shift:
+        want = want + shift.double()[:, None, None]
+    if relu:
+        want = want.relu()
+    assert out.dtype == dtype
+    if layout == 'channels_last':
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_matches(out, want, dtype, 'output')
+
+
+def test_epilogue_relu_keeps_nan_and_meta_shapes():
+    x, w, p = make_inputs(1, 16, 1, 9, 10, 7, 1, 1)
+    x[0, 3, 4, 5] = float('nan')
+    out = torch.ops.involution_mm.involution_epilogue(x, w, 7, 1, 1, p, None, None, True)
+    expected = involution(x, w, 7).relu()
+    assert out.isnan().any()
+    torch.testing.assert_close(out, expected, equal_nan=True)
+    meta = torch.ops.involution_mm.involution_epilogue(
+        x.to('meta'), torch.empty(1, 1, 7, 7, 5, 5, device='meta'), 7, 2, 1, p, None,
+        torch.empty(16, device='meta'), True)
+    assert meta.shape == (1, 16, 5, 5) and meta.device.type == 'meta'
+
+
 def test_flat_weight_layout_is_accepted():
     x, w, p = make_inputs(2, 32, 2, 9, 10, 7, 2, 1)
     flat = w.reshape(2, 2 * 49, *w.shape[-2:])
@@ -275,6 +326,13 @@ BAD_OP_CALLS = {
         torch.randn(2, 32, 9, 8), x, 7, 1, 1, 3, 5), 'cannot be split into 5 groups'),
     'grad_weight grad shape': (lambda x, w: torch.ops.involution_mm.involution_grad_weight(
         torch.randn(2, 32, 9, 9), x, 7, 1, 1, 3, 2), 'grad_output must have shape'),
+    'epilogue weight shape': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
+        x, w[..., :-1], 7, 1, 1, 3, None, None, True), 'weight must have shape'),
+    'epilogue scale shape': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
+        x, w, 7, 1, 1, 3, torch.ones(16), None, True), r'scale must have shape \(32,\)'),
+    'epilogue shift dtype': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
+        x, w, 7, 1, 1, 3, None, torch.ones(32, dtype=torch.float64), False),
+        'shift must be Float'),
 }
 
 
@@ -341,6 +399,20 @@ PARITY_SCRIPT = '''
             (rgw,) = torch.autograd.grad(involution_reference(x, w_ref, k, 1, d), w_ref,
                                          go.nan_to_num(posinf=1.0))
             torch.testing.assert_close(gw, rgw, equal_nan=True)
+    # The epilogue of each build: relu(out * scale + shift) per channel, NCHW and channels_last.
+    for dtype, tol in [(torch.float32, 1e-5), (torch.float64, 1e-12), (torch.bfloat16, 1e-2)]:
+        for (c, g), (h, w_), (k, s) in itertools.product([(32, 2), (12, 3)], [(11, 9), (4, 26)],
+                                                         [(7, 1), (3, 2)]):
+            p = (k - 1) // 2
+            ho, wo = (involution_out_size(n, k, s, 1, p) for n in (h, w_))
+            wt = torch.randn(2, g, k, k, ho, wo).to(dtype)
+            scale, shift = (torch.rand(c) + 0.5).to(dtype), torch.randn(c).to(dtype)
+            for x in (torch.randn(2, c, h, w_).to(dtype),
+                      torch.randn(2, c, h, w_).to(dtype).contiguous(memory_format=torch.channels_last)):
+                out = torch.ops.involution_mm.involution_epilogue(x, wt, k, s, 1, p, scale, shift, True)
+                want = (involution(x, wt, k, s).double() * scale.double()[:, None, None]
+                        + shift.double()[:, None, None]).relu()
+                torch.testing.assert_close(out.double(), want, atol=tol * 10, rtol=tol)
 '''
 
 

@@ -311,6 +311,21 @@ def test_conv_norm_act_runs_the_layers_where_the_op_does_not_apply():
         assert not _calls_epilogue(lambda: conv_norm_act(x, conv, bn, relu))
 
 
+def test_conv_module_forward_in_channels_last_inference_is_one_onednn_op():
+    conv, bn, _ = _conv_norm_relu()
+    module = ConvModule(8, 6, 1, norm_cfg=dict(type='BN')).eval()
+    module.conv.load_state_dict(conv.state_dict(), strict=False)
+    module.bn.load_state_dict(bn.state_dict())
+    x = torch.randn(2, 8, 9, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = module(x)
+        with torch.profiler.profile() as prof:
+            out = conv_module_forward(module, x)
+    names = {e.name for e in prof.events()}
+    assert 'mkldnn::_convolution_pointwise' in names and 'aten::batch_norm' not in names
+    torch.testing.assert_close(out, expected)
+
+
 def test_training_conv_norm_act_with_residual_matches_its_layers():
     conv, bn, relu = _conv_norm_relu(norm_training=True)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)

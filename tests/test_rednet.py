@@ -265,8 +265,9 @@ def test_caffe_style_and_avg_down():
                          ids=['default', 'stem7_avg_down'])
 def test_inference_and_deploy_forms_give_the_training_forms_outputs(kwargs):
     """In inference (eval mode, no grad) each 1x1 conv runs with its norm, residual add and
-    ReLU as one op, and the stem in channels_last with each 3x3 conv, its norm and ReLU as one
-    oneDNN op. mmcv's fuse_conv_bn folds every BN that follows a conv (conv1/bn1, conv3/bn3,
+    ReLU as one op, each involution with the norm and ReLU after it as one op, and the stem in
+    channels_last with each 3x3 conv, its norm and ReLU as one oneDNN op: no separate norm or
+    ReLU is left. mmcv's fuse_conv_bn folds every BN that follows a conv (conv1/bn1, conv3/bn3,
     the downsample, the stem convs, the kernel branch's conv1) and leaves the BNs after an
     involution (bn2, stem.2) alone. Both compute what the layers one by one compute (eval
     mode with gradients wanted: the training code path)."""
@@ -295,10 +296,13 @@ def test_inference_and_deploy_forms_give_the_training_forms_outputs(kwargs):
             for a, b in zip(reference, form(x)):
                 torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
         for form in (model, fused):
-            with torch.profiler.profile() as prof:
+            with torch.profiler.profile(record_shapes=True) as prof:
                 form(x)
             names = {e.name for e in prof.events()}
-            assert {'involution_mm::conv1x1_epilogue', 'mkldnn::_convolution_pointwise'} <= names
-            assert not names & {'aten::bmm', 'aten::mm'}
-            if form is fused:  # no residual or bias adds left
-                assert not names & {'aten::add', 'aten::add_'}
+            assert {'involution_mm::conv1x1_epilogue', 'involution_mm::involution_epilogue',
+                    'mkldnn::_convolution_pointwise'} <= names
+            assert not names & {'aten::bmm', 'aten::mm', 'aten::batch_norm', 'aten::relu',
+                                'aten::relu_'}
+            if form is fused:  # no residual or bias adds left: only per-channel vectors add
+                adds = [e for e in prof.events() if e.name in ('aten::add', 'aten::add_')]
+                assert all(len(shape) <= 1 for e in adds for shape in e.input_shapes)

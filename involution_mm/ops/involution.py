@@ -142,6 +142,11 @@ if HAS_EXTENSION:
         ho, wo = check_involution_args(input, weight, kernel_size, stride, dilation, padding)
         return _empty_like_layout(input, (input.shape[0], input.shape[1], ho, wo))
 
+    @torch.library.register_fake('involution_mm::involution_epilogue')
+    def _involution_epilogue_fake(input, weight, kernel_size, stride, dilation, padding, scale,
+                                  shift, relu):
+        return _involution_fake(input, weight, kernel_size, stride, dilation, padding)
+
     @torch.library.register_fake('involution_mm::involution_grad_input')
     def _grad_input_fake(grad_output, weight, input_size, kernel_size, stride, dilation,
                          padding):

@@ -3,10 +3,12 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 
-from .involution import involution, kernel_conv_involution
-from .pointwise import conv_module_forward
+from .involution import HAS_EXTENSION, involution, kernel_conv_involution
+from .pointwise import (_without_hooks, conv_module_forward, eager_cpu_inference,
+                        inference_scale_shift)
 from .pooling import ceil_avg_pool
 from .recompute import involution_stages, make_chain
+from .reference import canonical_weight, default_padding
 
 
 class Involution(nn.Module):
@@ -75,8 +77,7 @@ class Involution(nn.Module):
             chain = make_chain([self], x)
             if chain is not None:
                 return chain(x)
-        branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
-        reduced = conv_module_forward(self.conv1, branch_in)
+        reduced = self._reduced(x)
         if self.recompute_kernel and torch.is_grad_enabled():
             return kernel_conv_involution(x, reduced, self.conv2.conv.weight,
                                           self.conv2.conv.bias, self.kernel_size, self.stride,
@@ -84,6 +85,49 @@ class Involution(nn.Module):
         return involution(x, conv_module_forward(self.conv2, reduced), self.kernel_size,
                           self.stride, self.dilation)
 
+    def _reduced(self, x):
+        """The kernel branch's features before its last 1x1 conv."""
+        branch_in = x if self.stride == 1 else ceil_avg_pool(x, self.stride)
+        return conv_module_forward(self.conv1, branch_in)
+
     def extra_repr(self):
         return (f'channels={self.channels}, kernel_size={self.kernel_size}, '
                 f'stride={self.stride}, dilation={self.dilation}, groups={self.groups}')
+
+
+def involution_norm_act(x, layer, norm=None, act=None):
+    """``act(norm(layer(x)))`` for an :class:`Involution` ``layer``; ``norm`` and ``act``
+    optional.
+
+    In eager CPU inference on float32/64 input (as for
+    :func:`~involution_mm.ops.pointwise.conv_norm_act`), with ``norm`` an eval-mode BN or
+    ``nn.Identity`` and ``act`` an ``nn.ReLU``, none of them with hooks, the norm (as a
+    per-channel scale and shift) and the ReLU run inside the op
+    (``torch.ops.involution_mm.involution_epilogue``) on each block of its output while that
+    is in cache, instead of as two more passes over the output. Otherwise the layers run one
+    by one."""
+    epilogue = _epilogue(x, layer, norm, act)
+    if epilogue is None:
+        out = layer(x)
+        if norm is not None:
+            out = norm(out)
+        return out if act is None else act(out)
+    scale, shift = epilogue
+    kernels = conv_module_forward(layer.conv2, layer._reduced(x))
+    k = layer.kernel_size
+    return torch.ops.involution_mm.involution_epilogue(
+        x, canonical_weight(kernels, k), k, layer.stride, layer.dilation,
+        default_padding(k, layer.dilation), scale, shift, act is not None)
+
+
+def _epilogue(x, layer, norm, act):
+    """(scale, shift) of ``norm`` for :func:`involution_norm_act`'s fused op, or None where
+    that op does not apply."""
+    if not (HAS_EXTENSION and eager_cpu_inference(x, (torch.float32, torch.float64))
+            and type(layer) is Involution and _without_hooks(layer)
+            and (act is None or (type(act) is nn.ReLU and _without_hooks(act)))):
+        return None
+    scale_shift = inference_scale_shift(norm)
+    if scale_shift is None or any(t is not None and t.dtype != x.dtype for t in scale_shift):
+        return None
+    return scale_shift

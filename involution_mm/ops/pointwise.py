@@ -212,12 +212,41 @@ def pointwise_conv(x, conv):
 
 def conv_module_forward(module, x):
     """``module(x)`` for an mmcv ConvModule, as :func:`conv_norm_act` of its layers when it
-    runs conv, norm, act in that order with no padding layer and no hooks of its own."""
+    runs conv, norm, act in that order with no padding layer and no hooks of its own; in
+    float32 eager CPU inference on channels_last input, a conv -> norm -> ReLU as one oneDNN
+    op (:func:`onednn_conv_relu`)."""
     if (module.order != ('conv', 'norm', 'act') or module.with_explicit_padding
             or not _without_hooks(module)):
         return module(x)
+    # eager_cpu_inference first: dynamo does not trace torch.backends.mkldnn.is_available
+    if (eager_cpu_inference(x, (torch.float32, )) and torch.backends.mkldnn.is_available()
+            and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
+        onednn = onednn_conv_relu(module)
+        if onednn is not None:
+            return onednn(x)
     return conv_norm_act(x, module.conv, module.norm if module.with_norm else None,
                          module.activate if module.with_activation else None)
+
+
+def onednn_conv_relu(module):
+    """For an mmcv ConvModule conv -> norm -> ReLU: a function computing it as one oneDNN
+    convolution, the norm folded into the weights and the ReLU as oneDNN's post-op; None
+    where the module is another configuration or has hooks."""
+    if not (module.order == ('conv', 'norm', 'act') and not module.with_explicit_padding
+            and module.with_activation and type(module.activate) is nn.ReLU
+            and type(module.conv) is nn.Conv2d and module.conv.padding_mode == 'zeros'
+            and not isinstance(module.conv.padding, str)
+            and all(map(_without_hooks, (module, module.conv, module.activate)))):
+        return None
+    conv = module.conv
+    scale_shift = inference_scale_shift(module.norm if module.with_norm else None, conv.bias)
+    if scale_shift is None:
+        return None
+    scale, shift = scale_shift
+    weight = conv.weight if scale is None else conv.weight * scale.view(-1, 1, 1, 1)
+    return lambda x: torch.ops.mkldnn._convolution_pointwise(
+        x, weight, shift, conv.padding, conv.stride, conv.dilation, conv.groups, 'relu', [],
+        '')
 
 
 def conv_norm_act(x, conv, norm=None, act=None, residual=None):

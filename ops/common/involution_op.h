@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
+
 #include "involution_shape.h"
 
 namespace involution_mm {
@@ -21,6 +23,11 @@ InvolutionShape check_grad_input_args(const at::Tensor& grad_output, const at::T
 InvolutionShape check_grad_weight_args(const at::Tensor& grad_output, const at::Tensor& input,
                                        int64_t kernel_size, int64_t stride, int64_t dilation,
                                        int64_t padding, int64_t groups);
+
+// An optional per-channel vector of an epilogue (`name`: scale, shift): 1-d with `channels`
+// elements, of the dtype and device of `like`; `op` names the operator in the message.
+void check_channel_vector(const char* op, const std::optional<at::Tensor>& v, const char* name,
+                          const at::Tensor& like, int64_t channels);
 
 // The outputs: out and grad_input take the memory format of the input they follow (so a
 // channels_last input gives channels_last results), grad_weight is a contiguous

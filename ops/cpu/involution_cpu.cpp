@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "../common/involution_op.h"
@@ -49,16 +50,30 @@ Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t kernel_size,
-                   int64_t stride, int64_t dilation, int64_t padding) {
+at::Tensor forward_epilogue(const at::Tensor& input, const at::Tensor& weight,
+                            int64_t kernel_size, int64_t stride, int64_t dilation,
+                            int64_t padding, const std::optional<at::Tensor>& scale,
+                            const std::optional<at::Tensor>& shift, bool relu) {
   const InvolutionShape shape =
       check_forward_args(input, weight, kernel_size, stride, dilation, padding);
+  check_channel_vector("involution_epilogue", scale, "scale", input, shape.C);
+  check_channel_vector("involution_epilogue", shift, "shift", input, shape.C);
   at::Tensor output = empty_output(shape, input);
   if (output.numel() == 0) return output;
   const at::Tensor w = weight.contiguous();
+  const at::Tensor s = scale ? scale->contiguous() : at::Tensor();
+  const at::Tensor t = shift ? shift->contiguous() : at::Tensor();
+  const OutputEpilogue epilogue{s.defined() ? s.const_data_ptr() : nullptr,
+                                t.defined() ? t.const_data_ptr() : nullptr, relu};
   kernels().forward(shape, input.scalar_type(), input.const_data_ptr(), strides_of(input),
-                    w.const_data_ptr(), output.mutable_data_ptr(), strides_of(output));
+                    w.const_data_ptr(), output.mutable_data_ptr(), strides_of(output), epilogue);
   return output;
+}
+
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t kernel_size,
+                   int64_t stride, int64_t dilation, int64_t padding) {
+  return forward_epilogue(input, weight, kernel_size, stride, dilation, padding, std::nullopt,
+                          std::nullopt, false);
 }
 
 at::Tensor grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -94,6 +109,7 @@ std::string cpu_kernel_isa() { return kernels().name; }
 
 TORCH_LIBRARY_IMPL(involution_mm, CPU, m) {
   m.impl("involution", &forward);
+  m.impl("involution_epilogue", &forward_epilogue);
   m.impl("involution_grad_input", &grad_input);
   m.impl("involution_grad_weight", &grad_weight);
 }

@@ -85,7 +85,8 @@ void store_pixel_rows(scalar_t* out_c0_r0, const Strides4& os, const acc_t* pixe
 // load per tap.
 template <typename scalar_t, int64_t NV, int64_t DenseK>
 void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
-                     const scalar_t* w, scalar_t* out, const Strides4& os) {
+                     const scalar_t* w, scalar_t* out, const Strides4& os,
+                     const OutputEpilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VS = Vec<acc_t>::size(), CG = NV * VS;
   constexpr int64_t R = DenseK > 0 ? dense_pixel_block<NV>() : pixel_block<NV>();
@@ -97,6 +98,7 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
   const int64_t max_panel_rows = (rb - 1) * s + (K - 1) * d + 1;
 
   constexpr bool direct_weight = std::is_same_v<scalar_t, acc_t>;
+  const ChannelEpilogue<scalar_t> epi(epilogue);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     AlignedBuffer<acc_t> panel(max_panel_rows * Wp * CG);
@@ -196,6 +198,7 @@ void forward_cv_impl(const InvolutionShape& sh, const scalar_t* x, const Strides
         for_each_pixel_block<R>(Wo, block);
       }
       store_pixel_rows(out + b * os.b + g * CG * os.c + i0 * os.h, os, pixels.data(), CG, Wo, rows);
+      epi.apply(out, os, b, g * CG, CG, i0, rows, Wo);
     }
   });
 }

@@ -95,6 +95,78 @@ inline void store_row(scalar_t* dst, int64_t stride, const acc_t* src, int64_t n
   for (int64_t j = 0; j < n; ++j) dst[j * stride] = static_cast<scalar_t>(src[j]);
 }
 
+// An OutputEpilogue for scalar_t outputs, applied by each forward kernel to the block of rows
+// a task has just written.
+template <typename scalar_t>
+class ChannelEpilogue {
+ public:
+  using acc_t = at::opmath_type<scalar_t>;
+
+  explicit ChannelEpilogue(const OutputEpilogue& e)
+      : scale_(static_cast<const scalar_t*>(e.scale)),
+        shift_(static_cast<const scalar_t*>(e.shift)), relu_(e.relu) {}
+
+  // Channels [c0, c0 + channels), rows [r0, r0 + rows) of width `width` of item b of `out`.
+  void apply(scalar_t* out, const Strides4& os, int64_t b, int64_t c0, int64_t channels,
+             int64_t r0, int64_t rows, int64_t width) const {
+    if (!scale_ && !shift_ && !relu_) return;
+    if (relu_) apply_block<true>(out, os, b, c0, channels, r0, rows, width);
+    else apply_block<false>(out, os, b, c0, channels, r0, rows, width);
+  }
+
+ private:
+  template <bool kRelu>
+  void apply_block(scalar_t* out, const Strides4& os, int64_t b, int64_t c0, int64_t channels,
+                   int64_t r0, int64_t rows, int64_t width) const {
+    scalar_t* first = out + b * os.b + c0 * os.c + r0 * os.h;
+    if (os.c == 1) {  // channels_last: the channels of a pixel are one run
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < width; ++j)
+          apply_run<kRelu, true>(first + r * os.h + j * os.w, 1, channels, c0);
+      return;
+    }
+    // Rows contiguous in each channel (NCHW): one run per channel.
+    const bool contiguous = os.w == 1 && os.h == width;
+    const int64_t runs = contiguous ? 1 : rows, run_len = contiguous ? rows * width : width;
+    for (int64_t c = 0; c < channels; ++c)
+      for (int64_t r = 0; r < runs; ++r)
+        apply_run<kRelu, false>(first + c * os.c + r * os.h, os.w, run_len, c0 + c);
+  }
+
+  // p[e * stride] for e < n, of channel c + e (kAcrossChannels) or c. Multiply, then add (not
+  // one FMA), as ATen's eval-mode batch norm computes it.
+  template <bool kRelu, bool kAcrossChannels>
+  void apply_run(scalar_t* p, int64_t stride, int64_t n, int64_t c) const {
+    auto vec_of = [&](const scalar_t* v, int64_t e, acc_t none) {
+      if (!v) return Vec<acc_t>(none);
+      return kAcrossChannels ? Vec<acc_t>::loadu(v + c + e) : Vec<acc_t>(v[c]);
+    };
+    auto scalar_of = [&](const scalar_t* v, int64_t e, acc_t none) {
+      return v ? static_cast<acc_t>(v[kAcrossChannels ? c + e : c]) : none;
+    };
+    int64_t e = 0;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (stride == 1) {
+        for (; e + Vec<acc_t>::size() <= n; e += Vec<acc_t>::size()) {
+          Vec<acc_t> v = Vec<acc_t>::loadu(p + e) * vec_of(scale_, e, 1) + vec_of(shift_, e, 0);
+          if constexpr (kRelu) v = at::vec::maximum(v, Vec<acc_t>(acc_t(0)));
+          v.store(p + e);
+        }
+      }
+    }
+    for (; e < n; ++e) {
+      acc_t v = static_cast<acc_t>(p[e * stride]) * scalar_of(scale_, e, 1) +
+                scalar_of(shift_, e, 0);
+      if constexpr (kRelu) v = std::max(v, acc_t(0));  // NaN < 0 is false: NaN stays
+      p[e * stride] = static_cast<scalar_t>(v);
+    }
+  }
+
+  const scalar_t* scale_;
+  const scalar_t* shift_;
+  bool relu_;
+};
+
 // ---- Tasks ------------------------------------------------------------------------------
 
 // One task of a TaskGrid: rows [r0, r0 + rows) of batch item b, group g (bg = b * G + g).

@@ -80,12 +80,12 @@ void dispatch_dtype(c10::ScalarType dtype, const Fn& fn) {
 
 void forward(const InvolutionShape& shape, c10::ScalarType dtype, const void* input,
              const Strides4& input_strides, const void* weight, void* output,
-             const Strides4& output_strides) {
+             const Strides4& output_strides, const OutputEpilogue& epilogue) {
   dispatch_dtype(dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
     const auto args = std::make_tuple(shape, static_cast<const scalar_t*>(input), input_strides,
                                       static_cast<const scalar_t*>(weight),
-                                      static_cast<scalar_t*>(output), output_strides);
+                                      static_cast<scalar_t*>(output), output_strides, epilogue);
     using acc_t = at::opmath_type<scalar_t>;
     switch (kernel_family<acc_t>(Op::kForward, shape)) {
 #if defined(INVOLUTION_CPU_FLAT_KERNELS)
@@ -113,7 +113,10 @@ void grad_input(const InvolutionShape& shape, c10::ScalarType dtype, const void*
     using acc_t = at::opmath_type<scalar_t>;
     switch (kernel_family<acc_t>(Op::kGradInput, shape)) {
 #if defined(INVOLUTION_CPU_FLAT_KERNELS)
-      case Family::kFlat: return std::apply(gather_flat_impl<scalar_t, true>, args);
+      case Family::kFlat:  // the forward's gather, with no epilogue
+        return std::apply([](const auto&... a) {
+          return gather_flat_impl<scalar_t, true>(a..., OutputEpilogue{});
+        }, args);
 #endif
       case Family::kChannelVec: {
         const auto kernel = channel_vec_kernel<acc_t>(shape, [](auto nv, auto dense) {

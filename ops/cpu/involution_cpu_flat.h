@@ -265,7 +265,8 @@ inline int64_t prefetch_distance(int64_t q, int64_t pixels, int64_t next, int64_
 // grad_x[c, q] = sum_t w[KK-1-t, q + offset[t]] * grad_out[c, q + offset[t]].
 template <typename scalar_t, bool kGradInput>
 void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Strides4& ss,
-                      const scalar_t* w, scalar_t* dst, const Strides4& ds) {
+                      const scalar_t* w, scalar_t* dst, const Strides4& ds,
+                      const OutputEpilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int64_t VS = Vec<acc_t>::size();
   const int64_t K = sh.K, H = sh.H, W = sh.W, KK = sh.kk(), CG = sh.channels_per_group();
@@ -273,6 +274,7 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
   const int64_t rb = grid.block_rows();
   const FlatTaps<VS> taps(sh, rb);
   const uint32_t all_lanes = low_lanes(VS);
+  const ChannelEpilogue<scalar_t> epi(epilogue);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     // Copied with guards: the channel loads are unmasked (the taps off the image are dropped
@@ -336,6 +338,7 @@ void gather_flat_impl(const InvolutionShape& sh, const scalar_t* src, const Stri
         });
       }
       out.flush(rows);
+      epi.apply(dst, ds, b, g * CG, CG, i0, rows, W);
     }
   });
 }

@@ -55,7 +55,8 @@ struct ColumnTaps {
 // out[b, c, i, j] = sum_{u,v} w[b, g, u, v, i, j] * x[b, c, i*s - p + u*d, j*s - p + v*d]
 template <typename scalar_t>
 void forward_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& xs,
-                  const scalar_t* w, scalar_t* out, const Strides4& os) {
+                  const scalar_t* w, scalar_t* out, const Strides4& os,
+                  const OutputEpilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t K = sh.K, s = sh.stride, d = sh.dilation, p = sh.padding;
   const int64_t Ho = sh.Ho, Wo = sh.Wo, KK = sh.kk(), CG = sh.channels_per_group();
@@ -64,6 +65,7 @@ void forward_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& 
   const int64_t rb = grid.block_rows();
   const int64_t panel_size = ((rb - 1) * s + (K - 1) * d + 1) * s * Q;
   const ColumnTaps taps(K, s, d);
+  const ChannelEpilogue<scalar_t> epi(epilogue);
 
   at::parallel_for(0, grid.count(), 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> panels(kMaxChannelBlock * panel_size);
@@ -112,6 +114,7 @@ void forward_impl(const InvolutionShape& sh, const scalar_t* x, const Strides4& 
                       out_rows.data() + cc * Wo, Wo);
         }
       });
+      epi.apply(out, os, b, g * CG, CG, i0, rows, Wo);
     }
   });
 }

@@ -10,6 +10,7 @@
 #include <climits>
 #include <optional>
 
+#include "../common/involution_op.h"
 #include "../common/involution_shape.h"
 
 #if AT_BUILD_WITH_BLAS()
@@ -133,17 +134,6 @@ void epilogue(const Gemm& g, T* out, const T* residual, const T* scale, const T*
   }
 }
 
-void check_vector(const std::optional<at::Tensor>& v, const char* name, const at::Tensor& input,
-                  int64_t channels) {
-  if (!v) return;
-  TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == channels, "conv1x1_epilogue: ", name,
-                    " must have shape (", channels, ",), got ", v->sizes());
-  TORCH_CHECK_VALUE(v->scalar_type() == input.scalar_type() && v->device() == input.device(),
-                    "conv1x1_epilogue: ", name, " must be ", input.scalar_type(), " on ",
-                    input.device(), " like the input, got ", v->scalar_type(), " on ",
-                    v->device());
-}
-
 at::Tensor conv1x1_epilogue(const at::Tensor& input, const at::Tensor& weight,
                             const std::optional<at::Tensor>& scale,
                             const std::optional<at::Tensor>& shift,
@@ -166,8 +156,8 @@ at::Tensor conv1x1_epilogue(const at::Tensor& input, const at::Tensor& weight,
                     input.device(), " like the input, got ", weight.scalar_type(), " on ",
                     weight.device());
   const int64_t out_channels = weight.size(0);
-  check_vector(scale, "scale", input, out_channels);
-  check_vector(shift, "shift", input, out_channels);
+  check_channel_vector("conv1x1_epilogue", scale, "scale", input, out_channels);
+  check_channel_vector("conv1x1_epilogue", shift, "shift", input, out_channels);
   const std::vector<int64_t> out_size{batch, out_channels, input.size(2), input.size(3)};
   if (residual) {
     TORCH_CHECK_VALUE(residual->sizes() == c10::IntArrayRef(out_size),

@@ -13,35 +13,15 @@ from mmengine.model.weight_init import constant_init
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...ops import Involution
+from ...ops.module import involution_norm_act
 from ...ops.pooling import max_pool
 from ...ops.pointwise import (_without_hooks, conv_norm_act, eager_cpu_inference,
-                              inference_scale_shift, pointwise_conv)
+                              onednn_conv_relu, pointwise_conv)
 from ...ops.recompute import make_chain
 from ...registry import MODELS
 
 def _is_pos_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _onednn_conv_relu(module):
-    """For an mmcv ConvModule conv -> norm -> ReLU: a function computing it as one oneDNN
-    convolution, the norm folded into the weights and the ReLU as oneDNN's post-op; None
-    where the module is another configuration or has hooks."""
-    if not (module.order == ('conv', 'norm', 'act') and not module.with_explicit_padding
-            and module.with_activation and type(module.activate) is nn.ReLU
-            and type(module.conv) is nn.Conv2d and module.conv.padding_mode == 'zeros'
-            and not isinstance(module.conv.padding, str)
-            and all(map(_without_hooks, (module, module.conv, module.activate)))):
-        return None
-    conv = module.conv
-    scale_shift = inference_scale_shift(module.norm if module.with_norm else None, conv.bias)
-    if scale_shift is None:
-        return None
-    scale, shift = scale_shift
-    weight = conv.weight if scale is None else conv.weight * scale.view(-1, 1, 1, 1)
-    return lambda x: torch.ops.mkldnn._convolution_pointwise(
-        x, weight, shift, conv.padding, conv.stride, conv.dilation, conv.groups, 'relu', [],
-        '')
 
 
 class Bottleneck(nn.Module):
@@ -53,7 +33,8 @@ class Bottleneck(nn.Module):
     bn1 -> ReLU -> involution -> bn2 -> ReLU -> conv3 runs as one recomputing chain
     (:func:`~involution_mm.ops.recompute.make_chain`) that keeps only conv1's output. In
     inference each 1x1 conv runs with its norm, ReLU and (conv3) the residual add as one op
-    (:func:`~involution_mm.ops.pointwise.conv_norm_act`). ``downsample`` is an nn.Sequential
+    (:func:`~involution_mm.ops.pointwise.conv_norm_act`), the involution with bn2 and its ReLU
+    (:func:`~involution_mm.ops.module.involution_norm_act`). ``downsample`` is an nn.Sequential
     of optional pooling layers, a conv and a norm, as :class:`ResLayer` builds it.
     """
     expansion = 4
@@ -121,7 +102,7 @@ class Bottleneck(nn.Module):
             out = chain(pointwise_conv(x, self.conv1))
             return self.relu(self.bn3(out) + identity)
         out = conv_norm_act(x, self.conv1, self.bn1, self.relu)
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = involution_norm_act(out, self.conv2, self.bn2, self.relu)
         return conv_norm_act(out, self.conv3, self.bn3, self.relu, residual=identity)
 
     def forward(self, x):
@@ -435,21 +416,23 @@ class RedNet(BaseModule):
     def _stem_inference(self, x):
         """The stem and max-pool in float32 CPU inference (no grad, no autocast, not compiling
         or exporting), or None: in channels_last, where oneDNN's 3x3 convs need no reorders of
-        their input and output and the max-pool is vectorised over channels, each conv with
-        its norm and ReLU as one oneDNN op (:func:`_onednn_conv_relu`); the result in the
-        input's memory format (NCHW: the layout of the stages' GEMMs)."""
+        their input and output and the max-pool is vectorised over channels, each conv (the
+        involution's kernel-branch conv too) with its norm and ReLU as one oneDNN op
+        (:func:`onednn_conv_relu`), the involution with its norm and ReLU as one
+        (:func:`involution_norm_act`); the result in the input's memory format (NCHW: the
+        layout of the stages' GEMMs)."""
         # eager_cpu_inference first: dynamo does not trace torch.backends.mkldnn.is_available
         if not (eager_cpu_inference(x, (torch.float32, )) and torch.backends.mkldnn.is_available()
                 and type(self.maxpool) is nn.MaxPool2d
                 and _without_hooks(self.stem) and _without_hooks(self.maxpool)):
             return None
         first, involution, norm, relu, last = self.stem
-        first_conv, last_conv = _onednn_conv_relu(first), _onednn_conv_relu(last)
+        first_conv, last_conv = onednn_conv_relu(first), onednn_conv_relu(last)
         if first_conv is None or last_conv is None:
             return None
         layout = suggest_memory_format(x)
         x = first_conv(x.contiguous(memory_format=torch.channels_last))
-        x = last_conv(relu(norm(involution(x))))
+        x = last_conv(involution_norm_act(x, involution, norm, relu))
         return self.maxpool(x).contiguous(memory_format=layout)
 
     def _pool(self, x):
