@@ -333,6 +333,12 @@ BAD_OP_CALLS = {
     'epilogue shift dtype': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
         x, w, 7, 1, 1, 3, None, torch.ones(32, dtype=torch.float64), False),
         'shift must be Float'),
+    'epilogue scale on meta': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
+        x, w, 7, 1, 1, 3, torch.ones(32, device='meta'), None, True),
+        'scale must be torch.float32 on cpu like the input, got torch.float32 on meta'),
+    'epilogue meta scale shape': (lambda x, w: torch.ops.involution_mm.involution_epilogue(
+        x.to('meta'), w.to('meta'), 7, 1, 1, 3, torch.ones(16, device='meta'), None, True),
+        r'scale must have shape \(32,\)'),
 }
 
 

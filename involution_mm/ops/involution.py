@@ -145,6 +145,16 @@ if HAS_EXTENSION:
     @torch.library.register_fake('involution_mm::involution_epilogue')
     def _involution_epilogue_fake(input, weight, kernel_size, stride, dilation, padding, scale,
                                   shift, relu):
+        # the checks of the CPU kernel: a meta scale or shift beside CPU tensors dispatches here
+        for name, v in (('scale', scale), ('shift', shift)):
+            if v is None:
+                continue
+            if v.dim() != 1 or v.shape[0] != input.shape[1]:
+                raise ValueError(f'involution_epilogue: {name} must have shape '
+                                 f'({input.shape[1]},), got {list(v.shape)}')
+            if v.dtype != input.dtype or v.device != input.device:
+                raise ValueError(f'involution_epilogue: {name} must be {input.dtype} on '
+                                 f'{input.device} like the input, got {v.dtype} on {v.device}')
         return _involution_fake(input, weight, kernel_size, stride, dilation, padding)
 
     @torch.library.register_fake('involution_mm::involution_grad_input')
